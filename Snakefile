@@ -1,0 +1,32 @@
+# memaudit: audit a chest X-ray text-to-image diffusion model for training-data memorization.
+# Stages: demo corpus -> prompts -> (demo model) -> scores -> threshold -> evaluation.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/corpus.smk"
+include: "workflow/rules/prompts.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/scoring.smk"
+include: "workflow/rules/threshold.smk"
+include: "workflow/rules/evaluation.smk"
+
+
+localrules:
+    all,
+    plot_prompt_frequency,
+    gather_scores,
+    threshold_scores,
+    plot_score_distribution,
+    evaluate_detection,
+
+
+rule all:
+    default_target: True
+    input:
+        get_final_outputs(),

@@ -1,0 +1,535 @@
+"""Memorization score d_mem (Wen et al.) for many prompts, batched on one denoiser.
+
+For prompt p, generation j and sampling step t of the classifier-free guided DDIM trajectory
+x_t^j (guidance g) started from noise x_T^j::
+
+    d_mem(p) = 1/(n·|S|) · Σ_j Σ_{t∈S} ‖ε(x_t^j, e_p) − ε(x_t^j, e_∅)‖₂
+
+The norm is taken over the whole latent of one image and is *not* multiplied by g; e_∅ is the
+embedding of the empty string and S a window [start, stop) of sampling steps.
+
+Engine choices:
+
+- x_T^j depends only on (seed, j) and is the same for every prompt (common random numbers), so
+  a prompt's score does not depend on chunking, batch size or row order;
+- every UNet call carries prompts × generations × {conditional, unconditional} rows; at the
+  first step all prompts of a batch share x_T^j and e_∅, so the unconditional prediction is
+  computed once per generation instead of once per prompt;
+- the trajectory stops as soon as the last step of the window is scored (a first-step score
+  costs one UNet call per batch); images are never decoded;
+- the per-step norms (generations × computed steps) are kept, so other windows need no re-run
+  (:func:`d_mem_from_norms`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from memaudit.models import AuditModel
+
+# Keys of the config ``scoring`` block that belong to the workflow, not to the score itself.
+WORKFLOW_KEYS = frozenset({"chunks"})
+# CPU "auto" batch: aim for this many latent elements per UNet call (rows × C × h × w).
+_CPU_AUTO_ELEMENTS = 2**18
+# GPU "auto" batch: share of the free memory the batch may use (the rest is headroom).
+_GPU_MEMORY_SHARE = 0.8
+_MAX_AUTO_PROMPTS = 4096
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """How d_mem is computed.
+
+    ``window`` is a half-open range [start, stop) of sampling steps (0 = the first, noisiest
+    step); ``stop=None`` means all ``steps``. ``batch_size`` counts prompts per UNet call
+    (each prompt brings ``generations`` × 2 rows) or is ``"auto"``.
+    """
+
+    steps: int = 50
+    guidance: float = 7.5
+    generations: int = 4
+    window: tuple[int, int | None] = (0, None)
+    batch_size: int | str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"scoring.steps must be a positive integer, got {self.steps!r}")
+        if not isinstance(self.generations, int) or self.generations < 1:
+            raise ValueError(
+                f"scoring.generations must be a positive integer, got {self.generations!r}"
+            )
+        if not isinstance(self.guidance, (int, float)) or not math.isfinite(self.guidance):
+            raise ValueError(f"scoring.guidance must be a finite number, got {self.guidance!r}")
+        if not isinstance(self.seed, int):
+            raise ValueError(f"scoring.seed must be an integer, got {self.seed!r}")
+        batch = self.batch_size
+        if batch != "auto" and (not isinstance(batch, int) or isinstance(batch, bool) or batch < 1):
+            raise ValueError(
+                f"scoring.batch_size must be 'auto' or a positive integer, got {batch!r}"
+            )
+        window = tuple(self.window)
+        if len(window) != 2:
+            raise ValueError(f"scoring.window must be [start, stop], got {self.window!r}")
+        object.__setattr__(self, "window", window)
+        start, stop = self.window_bounds()
+        if not 0 <= start < stop <= self.steps:
+            raise ValueError(
+                f"scoring.window {list(self.window)} must satisfy 0 <= start < stop <= steps "
+                f"({self.steps})"
+            )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ScoringSpec:
+        """Build from a config ``scoring`` block; unknown keys are an error naming them.
+
+        The workflow-level key ``chunks`` is accepted and ignored.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known - WORKFLOW_KEYS)
+        if unknown:
+            raise ValueError(f"unknown scoring key(s) {unknown}; expected some of {sorted(known)}")
+        kwargs = {k: v for k, v in values.items() if k in known}
+        if "window" in kwargs:
+            window = kwargs["window"]
+            if not isinstance(window, (list, tuple)):
+                raise ValueError(f"scoring.window must be [start, stop], got {window!r}")
+            kwargs["window"] = tuple(window)
+        return cls(**kwargs)
+
+    def window_bounds(self) -> tuple[int, int]:
+        """The window as concrete (start, stop) step indices."""
+        start, stop = self.window
+        if not isinstance(start, int) or (stop is not None and not isinstance(stop, int)):
+            raise ValueError(f"scoring.window bounds must be integers, got {self.window!r}")
+        return start, self.steps if stop is None else stop
+
+    @property
+    def computed_steps(self) -> int:
+        """How many sampling steps are run: up to the end of the window, never further."""
+        return self.window_bounds()[1]
+
+
+def noise_seed(seed: int, generation: int) -> int:
+    """Seed of the torch generator that draws x_T for generation ``generation``."""
+    digest = hashlib.sha256(f"memaudit-noise:{seed}:{generation}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def initial_noise(
+    latent_shape: Sequence[int], generations: int, seed: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """x_T for every generation, [generations, C, h, w] float32, drawn on CPU then moved.
+
+    Row j depends only on (seed, j), so it is the same on every machine and for every prompt.
+    """
+    rows = []
+    for j in range(generations):
+        generator = torch.Generator(device="cpu").manual_seed(noise_seed(seed, j))
+        rows.append(torch.randn(tuple(latent_shape), generator=generator, dtype=torch.float32))
+    return torch.stack(rows).to(device)
+
+
+def d_mem_from_norms(
+    norms: np.ndarray | Sequence[float],
+    window: tuple[int, int | None],
+    n_generations: int | None = None,
+) -> float | np.ndarray:
+    """d_mem for a step window from stored per-step norms.
+
+    ``norms`` is [generations, steps] (one prompt), [prompts, generations, steps], or a flat
+    row-major [generations × steps] vector when ``n_generations`` is given. Returns a float
+    for one prompt, an array for many.
+    """
+    array = np.asarray(norms, dtype=np.float64)
+    if array.ndim == 1:
+        if n_generations is None or n_generations < 1 or array.size % n_generations:
+            raise ValueError(
+                f"flat norms of length {array.size} need n_generations dividing it, "
+                f"got {n_generations!r}"
+            )
+        array = array.reshape(n_generations, -1)
+    if array.ndim not in (2, 3):
+        raise ValueError(
+            f"norms must be [gens, steps] or [prompts, gens, steps], got {array.shape}"
+        )
+    available = array.shape[-1]
+    start, stop = window
+    stop = available if stop is None else stop
+    if not 0 <= start < stop <= available:
+        raise ValueError(
+            f"window [{start}, {stop}) needs steps the stored norms do not have "
+            f"(only {available} step(s) were computed)"
+        )
+    values = array[..., start:stop].mean(axis=(-2, -1))
+    return float(values) if array.ndim == 2 else values
+
+
+def norms_matrix(scores: pd.DataFrame) -> np.ndarray:
+    """Stored norms of a scores table as [prompts, generations, steps] float64."""
+    for column in ("norms", "n_generations", "n_steps"):
+        if column not in scores.columns:
+            raise ValueError(f"scores table has no {column!r} column")
+    gens = scores["n_generations"].unique()
+    steps = scores["n_steps"].unique()
+    if len(gens) != 1 or len(steps) != 1:
+        raise ValueError(
+            f"scores mix generation/step counts: n_generations {sorted(gens)}, "
+            f"n_steps {sorted(steps)}"
+        )
+    n_gen, n_step = int(gens[0]), int(steps[0])
+    flat = [np.asarray(v, dtype=np.float64) for v in scores["norms"]]
+    bad = [i for i, v in enumerate(flat) if v.size != n_gen * n_step]
+    if bad:
+        raise ValueError(
+            f"{len(bad)} row(s) have norms of the wrong length (expected {n_gen}x{n_step}), "
+            f"first prompt_id {scores['prompt_id'].iloc[bad[0]]!r}"
+        )
+    if not flat:
+        return np.zeros((0, n_gen, n_step))
+    return np.stack(flat).reshape(len(flat), n_gen, n_step)
+
+
+def _unet_eps(
+    model: AuditModel, sample: torch.Tensor, timestep: torch.Tensor, embeddings: torch.Tensor
+) -> torch.Tensor:
+    """One UNet call in the model dtype; the prediction comes back as float32."""
+    out = model.unet(
+        sample.to(model.dtype), timestep, encoder_hidden_states=embeddings, return_dict=False
+    )[0]
+    return out.float()
+
+
+def _fresh_scheduler(model: AuditModel, steps: int, device: torch.device) -> Any:
+    """A private copy of the model's scheduler with ``steps`` inference timesteps."""
+    scheduler = copy.deepcopy(model.scheduler)
+    scheduler.set_timesteps(steps, device=device)
+    return scheduler
+
+
+def _score_batch(
+    model: AuditModel,
+    texts: Sequence[str],
+    spec: ScoringSpec,
+    noise: torch.Tensor,
+    uncond: torch.Tensor,
+    counters: dict[str, int],
+) -> np.ndarray:
+    """Per-step norms [prompts, generations, computed_steps] for one batch of prompts."""
+    n_prompts, n_gen = len(texts), spec.generations
+    rows = n_prompts * n_gen
+    cond = model.encode(list(texts))  # [P, L, D]
+    cond_rows = cond.repeat_interleave(n_gen, dim=0)  # row i*n_gen + j = prompt i, gen j
+    scheduler = _fresh_scheduler(model, spec.steps, model.device)
+    latents = noise.repeat(n_prompts, 1, 1, 1) * scheduler.init_noise_sigma
+    norms = torch.empty(rows, spec.computed_steps, dtype=torch.float32, device=latents.device)
+    for k in range(spec.computed_steps):
+        t = scheduler.timesteps[k]
+        model_input = scheduler.scale_model_input(latents, t)
+        if k == 0:
+            # All prompts share x_T^j and e_∅: one unconditional row per generation.
+            shared = model_input[:n_gen]
+            sample = torch.cat([model_input, shared])
+            embeddings = torch.cat([cond_rows, uncond.expand(n_gen, -1, -1)])
+            eps = _unet_eps(model, sample, t, embeddings)
+            eps_cond = eps[:rows]
+            eps_uncond = eps[rows:].repeat(n_prompts, 1, 1, 1)
+        else:
+            sample = torch.cat([model_input, model_input])
+            embeddings = torch.cat([cond_rows, uncond.expand(rows, -1, -1)])
+            eps = _unet_eps(model, sample, t, embeddings)
+            eps_cond, eps_uncond = eps[:rows], eps[rows:]
+        counters["unet_calls"] += 1
+        counters["unet_rows"] += sample.shape[0]
+        diff = eps_cond - eps_uncond
+        norms[:, k] = diff.flatten(1).norm(dim=1)
+        if k + 1 < spec.computed_steps:
+            guided = eps_uncond + spec.guidance * diff
+            latents = scheduler.step(guided, t, latents, eta=0.0, return_dict=False)[0]
+    return norms.reshape(n_prompts, n_gen, spec.computed_steps).cpu().numpy()
+
+
+def _cpu_auto_batch(model: AuditModel, spec: ScoringSpec) -> int:
+    """Prompts per batch on CPU: a fixed budget of latent elements per UNet call."""
+    elements = 2 * spec.generations * math.prod(model.latent_shape)
+    return max(1, min(_MAX_AUTO_PROMPTS, _CPU_AUTO_ELEMENTS // elements))
+
+
+def _gpu_auto_batch(model: AuditModel, spec: ScoringSpec, noise: torch.Tensor) -> int:
+    """Prompts per batch on a GPU, from the memory one probe prompt takes and the free memory.
+
+    The probe runs one later-step UNet call for one prompt (2 × generations rows) and measures
+    the peak memory above what was allocated before; the batch takes a fixed share of the free
+    memory. Over-estimates are caught later by halving on out-of-memory errors.
+    """
+    device = model.device
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    uncond = model.encode([""])
+    sample = torch.cat([noise, noise])
+    embeddings = uncond.expand(sample.shape[0], -1, -1)
+    with torch.no_grad():
+        _unet_eps(model, sample, torch.tensor(999, device=device), embeddings)
+    torch.cuda.synchronize(device)
+    per_prompt = max(1, torch.cuda.max_memory_allocated(device) - base)
+    free, _total = torch.cuda.mem_get_info(device)
+    return max(1, min(_MAX_AUTO_PROMPTS, int(_GPU_MEMORY_SHARE * free // per_prompt)))
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux reports ru_maxrss in KiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2**20
+
+
+def score_prompts(
+    model: AuditModel,
+    prompt_ids: Sequence[str],
+    texts: Sequence[str],
+    spec: ScoringSpec,
+    progress: TextIO | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Score prompts with d_mem; returns (scores table, run statistics).
+
+    The table has one row per prompt, in input order: ``prompt_id``, ``d_mem`` (float64, over
+    ``spec.window``), ``norms`` (float32 list, generations × computed steps, row-major),
+    ``n_generations`` and ``n_steps`` (int64; also in ``df.attrs``). ``progress`` is a stream
+    for a tqdm bar (prompts/s), or None for no bar.
+
+    On a GPU a batch that raises an out-of-memory error is re-run with half as many prompts
+    (and the halved size is kept); the statistics say how often that happened, the final
+    batch size and the peak memory (CPU RSS, GPU max allocated).
+    """
+    prompt_ids, texts = list(prompt_ids), list(texts)
+    if len(prompt_ids) != len(texts):
+        raise ValueError(f"{len(prompt_ids)} prompt ids but {len(texts)} texts")
+    seen: set[str] = set()
+    duplicates = sorted({p for p in prompt_ids if p in seen or seen.add(p)})
+    if duplicates:
+        raise ValueError(f"{len(duplicates)} duplicate prompt_id(s), e.g. {duplicates[0]!r}")
+    device = model.device if isinstance(model.device, torch.device) else torch.device(model.device)
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+    start_time = time.perf_counter()
+    noise = initial_noise(model.latent_shape, spec.generations, spec.seed, device)
+    with torch.no_grad():
+        uncond = model.encode([""])
+        if spec.batch_size != "auto":
+            batch = int(spec.batch_size)
+        elif on_gpu:
+            batch = _gpu_auto_batch(model, spec, noise)
+        else:
+            batch = _cpu_auto_batch(model, spec)
+    batch = max(1, min(batch, len(texts))) if texts else batch
+    initial_batch = batch
+    counters = {"unet_calls": 0, "unet_rows": 0}
+    halvings = 0
+    results: list[np.ndarray] = []
+    bar = tqdm(
+        total=len(texts), unit="prompt", desc="d_mem", file=progress, disable=progress is None
+    )
+    position = 0
+    with torch.no_grad():
+        while position < len(texts):
+            size = min(batch, len(texts) - position)
+            try:
+                norms = _score_batch(
+                    model, texts[position : position + size], spec, noise, uncond, counters
+                )
+            except torch.cuda.OutOfMemoryError as err:
+                if size == 1:
+                    raise RuntimeError(
+                        "out of GPU memory scoring a single prompt; use a smaller model dtype "
+                        "or fewer generations"
+                    ) from err
+                norms = None
+            if norms is None:
+                # Outside the except clause, so the failed batch's tensors are released.
+                batch = max(1, size // 2)
+                halvings += 1
+                if on_gpu:
+                    torch.cuda.empty_cache()
+                tqdm.write(
+                    f"out of memory with {size} prompts per batch; retrying with {batch}",
+                    file=progress or sys.stderr,
+                )
+                continue
+            results.append(norms)
+            position += size
+            bar.update(size)
+    bar.close()
+    seconds = time.perf_counter() - start_time
+    start, stop = spec.window_bounds()
+    all_norms = (
+        np.concatenate(results)
+        if results
+        else np.zeros((0, spec.generations, spec.computed_steps), dtype=np.float32)
+    )
+    d_mem = all_norms[..., start:stop].astype(np.float64).mean(axis=(-2, -1))
+    table = pd.DataFrame(
+        {
+            "prompt_id": pd.Series(prompt_ids, dtype=object),
+            "d_mem": d_mem.astype(np.float64),
+            "norms": [row.reshape(-1).astype(np.float32) for row in all_norms],
+            "n_generations": np.full(len(texts), spec.generations, dtype=np.int64),
+            "n_steps": np.full(len(texts), spec.computed_steps, dtype=np.int64),
+        }
+    )
+    table.attrs.update(
+        {
+            "n_generations": spec.generations,
+            "n_steps": spec.computed_steps,
+            "window": [start, stop],
+            "guidance": float(spec.guidance),
+            "seed": spec.seed,
+            "scheduler_steps": spec.steps,
+        }
+    )
+    stats: dict[str, Any] = {
+        "n_prompts": len(texts),
+        "n_generations": spec.generations,
+        "n_steps": spec.computed_steps,
+        "scheduler_steps": spec.steps,
+        "window": [start, stop],
+        "guidance": float(spec.guidance),
+        "seed": spec.seed,
+        "device": str(device),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "batch_size_initial": initial_batch,
+        "batch_size_final": batch,
+        "oom_halvings": halvings,
+        "unet_calls": counters["unet_calls"],
+        "unet_rows": counters["unet_rows"],
+        "seconds": seconds,
+        "prompts_per_s": len(texts) / seconds if seconds > 0 else float("nan"),
+        "peak_cpu_rss_mb": _peak_rss_mb(),
+        "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if on_gpu else None,
+    }
+    return table, stats
+
+
+def select_chunk(prompts: pd.DataFrame, index: int, total: int) -> pd.DataFrame:
+    """Chunk ``index`` of ``total``: contiguous, balanced slices of the prompts sorted by id.
+
+    The split depends only on the set of prompt ids, never on the table's row order.
+    """
+    if not isinstance(total, int) or total < 1:
+        raise ValueError(f"chunk total must be a positive integer, got {total!r}")
+    if not isinstance(index, int) or not 0 <= index < total:
+        raise ValueError(f"chunk index must be in [0, {total}), got {index!r}")
+    if "prompt_id" not in prompts.columns:
+        raise ValueError("prompts table has no 'prompt_id' column")
+    ordered = prompts.sort_values("prompt_id", kind="mergesort").reset_index(drop=True)
+    bounds = np.linspace(0, len(ordered), total + 1).round().astype(int)
+    return ordered.iloc[bounds[index] : bounds[index + 1]].reset_index(drop=True)
+
+
+def write_scores(scores: pd.DataFrame, path: str | Path) -> None:
+    """Write a scores table as parquet atomically (temp file in the same folder, then rename).
+
+    A job that dies mid-write leaves no file at ``path`` that a re-run would trust.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        scores.to_parquet(temp_name, index=False)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def gather_scores(
+    paths: Iterable[str | Path], expected_ids: Iterable[str] | None = None
+) -> pd.DataFrame:
+    """Concatenate chunk score tables, sorted by prompt_id.
+
+    Fails, naming the files and ids, on duplicate prompt ids, mixed generation/step counts or
+    (when ``expected_ids`` is given) prompts that are missing or unexpected.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no score chunks to gather")
+    frames = []
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"score chunk {path} does not exist")
+        frame = pd.read_parquet(path)
+        missing_cols = {"prompt_id", "d_mem", "norms", "n_generations", "n_steps"} - set(
+            frame.columns
+        )
+        if missing_cols:
+            raise ValueError(f"score chunk {path} lacks column(s) {sorted(missing_cols)}")
+        frame["_source"] = str(path)
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    dup = table[table["prompt_id"].duplicated(keep=False)]
+    if len(dup):
+        first = dup["prompt_id"].iloc[0]
+        sources = sorted(dup.loc[dup["prompt_id"] == first, "_source"])
+        raise ValueError(
+            f"{dup['prompt_id'].nunique()} prompt_id(s) scored more than once, e.g. {first!r} "
+            f"in {sources}"
+        )
+    for column in ("n_generations", "n_steps"):
+        values = sorted(table[column].unique())
+        if len(values) > 1:
+            raise ValueError(f"score chunks disagree on {column}: {values}")
+    if expected_ids is not None:
+        expected = set(expected_ids)
+        got = set(table["prompt_id"])
+        missing, extra = sorted(expected - got), sorted(got - expected)
+        if missing or extra:
+            raise ValueError(
+                f"gathered scores do not match the prompts: {len(missing)} missing "
+                f"(e.g. {missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]})"
+            )
+    table = table.drop(columns="_source").sort_values("prompt_id", kind="mergesort")
+    return table.reset_index(drop=True)
+
+
+def score_chunk(
+    model: AuditModel,
+    prompts: pd.DataFrame,
+    index: int,
+    total: int,
+    spec: ScoringSpec,
+    path: str | Path,
+    progress: TextIO | None = None,
+) -> dict[str, Any]:
+    """Score chunk ``index`` of ``total`` of a prompts table and write it atomically to ``path``.
+
+    Returns the run statistics of :func:`score_prompts` plus the chunk position.
+    """
+    for column in ("prompt_id", "text"):
+        if column not in prompts.columns:
+            raise ValueError(f"prompts table has no {column!r} column")
+    chunk = select_chunk(prompts, index, total)
+    scores, stats = score_prompts(
+        model, chunk["prompt_id"].tolist(), chunk["text"].tolist(), spec, progress
+    )
+    write_scores(scores, path)
+    stats.update({"chunk_index": index, "chunk_total": total})
+    return stats

@@ -1,0 +1,26 @@
+rule evaluate_detection:
+    input:
+        scores="results/scores/scores.parquet",
+        truth="results/demo/corpus/truth.parquet",
+        code=module_file("thresholding"),
+    output:
+        metrics=report(
+            "results/evaluation/detection.json",
+            caption="../report/detection.rst",
+            category="4. Detection vs ground truth",
+        ),
+        per_step="results/evaluation/per_step_auc.parquet",
+        png=report(
+            "results/evaluation/per_step_auc.png",
+            caption="../report/per_step_auc.rst",
+            category="4. Detection vs ground truth",
+        ),
+        pdf="results/evaluation/per_step_auc.pdf",
+    log:
+        "logs/evaluate_detection.log",
+    conda:
+        "../../envs/core.yaml"
+    params:
+        top_k=config["evaluation"]["top_k"],
+    script:
+        "../scripts/evaluate_detection.py"

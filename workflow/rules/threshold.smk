@@ -1,0 +1,47 @@
+rule threshold_scores:
+    input:
+        scores="results/scores/scores.parquet",
+        prompts="results/prompts/prompts.parquet",
+        code=module_file("thresholding"),
+    output:
+        ranked="results/threshold/ranked_prompts.parquet",
+        memorized=report(
+            "results/threshold/memorized_prompts.parquet",
+            caption="../report/memorized_prompts.rst",
+            category="3. Scores and threshold",
+        ),
+        stats=report(
+            "results/threshold/threshold.json",
+            caption="../report/threshold.rst",
+            category="3. Scores and threshold",
+        ),
+    log:
+        "logs/threshold_scores.log",
+    conda:
+        "../../envs/core.yaml"
+    params:
+        threshold=config["threshold"],
+    script:
+        "../scripts/threshold_scores.py"
+
+
+rule plot_score_distribution:
+    input:
+        ranked="results/threshold/ranked_prompts.parquet",
+        stats="results/threshold/threshold.json",
+        code=module_file("thresholding"),
+    output:
+        png=report(
+            "results/figures/fig2_score_distribution.png",
+            caption="../report/fig2_score_distribution.rst",
+            category="3. Scores and threshold",
+        ),
+        pdf="results/figures/fig2_score_distribution.pdf",
+    log:
+        "logs/plot_score_distribution.log",
+    conda:
+        "../../envs/core.yaml"
+    params:
+        log_scores=config["figures"]["log_scores"],
+    script:
+        "../scripts/plot_score_distribution.py"

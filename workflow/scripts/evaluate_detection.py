@@ -1,0 +1,25 @@
+"""Rule evaluate_detection: AUC, TPR at 1 % FPR, precision@k and per-step AUC vs the truth."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+
+import pandas as pd
+
+from memaudit.thresholding import evaluate_truth, plot_per_step_auc
+
+scores = pd.read_parquet(snakemake.input.scores)
+metrics, per_step = evaluate_truth(
+    scores,
+    pd.read_parquet(snakemake.input.truth),
+    n_generations=int(scores["n_generations"].iloc[0]),
+    n_steps=int(scores["n_steps"].iloc[0]),
+    top_k=snakemake.params.top_k,
+)
+per_step.to_parquet(snakemake.output.per_step, index=False)
+plot_per_step_auc(per_step, snakemake.output.png)
+Path(snakemake.output.metrics).write_text(json.dumps(metrics, indent=2) + "\n")
+print(json.dumps(metrics, indent=2))

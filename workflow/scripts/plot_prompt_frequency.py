@@ -1,0 +1,18 @@
+"""Rule plot_prompt_frequency: prompt frequency and marker prevalence figure."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+
+import pandas as pd
+
+from memaudit.figures import plot_prompt_frequency
+
+plot_prompt_frequency(
+    pd.read_parquet(snakemake.input.prompts),
+    json.loads(Path(snakemake.input.summary).read_text()),
+    snakemake.output.png,
+)

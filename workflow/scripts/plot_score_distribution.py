@@ -1,0 +1,19 @@
+"""Rule plot_score_distribution: Fig. 2, all unique prompts' d_mem, top 1 % in red."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+
+import pandas as pd
+
+from memaudit.thresholding import plot_score_distribution
+
+plot_score_distribution(
+    pd.read_parquet(snakemake.input.ranked, columns=["prompt_id", "d_mem", "memorized"]),
+    json.loads(Path(snakemake.input.stats).read_text())["threshold"],
+    snakemake.output.png,
+    log_y=snakemake.params.log_scores,
+)

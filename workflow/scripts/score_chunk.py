@@ -1,0 +1,28 @@
+"""Rule score_chunk: d_mem of one chunk of the unique prompts (GPU when present)."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+
+import pandas as pd
+import torch
+
+from memaudit.models import load_model
+from memaudit.scoring import ScoringSpec, score_chunk
+
+torch.set_num_threads(snakemake.threads)
+index, total = map(int, snakemake.wildcards.scatteritem.split("-of-"))
+stats = score_chunk(
+    load_model(snakemake.params.model),
+    pd.read_parquet(snakemake.input.prompts, columns=["prompt_id", "text"]),
+    index - 1,
+    total,
+    ScoringSpec.from_dict(snakemake.params.scoring),
+    snakemake.output.scores,
+    progress=sys.stderr,
+)
+Path(snakemake.output.stats).write_text(json.dumps(stats, indent=2, default=str) + "\n")
+print(json.dumps(stats, indent=2, default=str))

@@ -1,0 +1,42 @@
+"""Rule train_demo_model: train the demo model organism on the demo corpus and draw it."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+
+import numpy as np
+import pandas as pd
+import torch
+
+from memaudit.models import load_model
+from memaudit.training import (
+    TrainSpec,
+    demo_training_pairs,
+    grid_examples,
+    plot_generation_grid,
+    plot_training_curve,
+    train_demo_model,
+)
+
+torch.set_num_threads(snakemake.threads)
+inputs = snakemake.input
+prompts = pd.read_parquet(inputs.prompts)
+images = np.load(inputs.images)
+captions, pair_images = demo_training_pairs(
+    pd.read_parquet(inputs.studies), pd.read_parquet(inputs.report_map), prompts, images
+)
+card = train_demo_model(
+    captions,
+    pair_images,
+    TrainSpec.from_dict(snakemake.params.train),
+    snakemake.output.model,
+    corpus_hash=json.loads(Path(inputs.corpus).read_text())["sha256"],
+    log=sys.stderr,
+)
+plot_training_curve(card["losses"], snakemake.output.curve)
+model = load_model({"kind": "demo", "path": snakemake.output.model}, device="cpu")
+texts, train_images, labels = grid_examples(pd.read_parquet(inputs.truth), captions, pair_images)
+plot_generation_grid(model, texts, train_images, snakemake.output.grid, labels=labels)
