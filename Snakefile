@@ -15,6 +15,9 @@ include: "workflow/rules/model.smk"
 include: "workflow/rules/scoring.smk"
 include: "workflow/rules/threshold.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/attribution.smk"
+include: "workflow/rules/mitigation.smk"
+include: "workflow/rules/share.smk"
 
 
 localrules:
@@ -24,6 +27,16 @@ localrules:
     threshold_scores,
     plot_score_distribution,
     evaluate_detection,
+    select_attribution_prompts,
+    gather_attribution,
+    summarize_attribution,
+    plot_token_attribution,
+    plot_word_types,
+    select_mitigation_prompts,
+    gather_mitigations,
+    plot_mitigation_grid,
+    plot_mitigation_diversity,
+    make_share_bundle,
 
 
 rule all:

@@ -731,9 +731,35 @@ def _ordinary_impression(row: list[int], d: _Draws) -> tuple[str, bool]:
         sentences[0] = d.pick(_IMPRESSION_PREFIX_PLAIN) + _uncap(sentences[0])
     if d.chance(0.06):
         sentences.append(d.pick(_IMPRESSION_END_MARKER))
+    if d.chance(_P_DECORATED):
+        sentences = _decorate(sentences, d, start_free=u >= 0.22)
     if len(sentences) >= 2 and d.chance(0.15):
         return " ".join(f"{i}. {s}" for i, s in enumerate(sentences, 1)), True
     return " ".join(sentences), False
+
+
+# Share of abnormal ordinary impressions that carry one of the planted captions' decorations,
+# de-identified: the marker stands where a planted caption has its trigger name. So the
+# decoration words ("Reviewed with Dr.", "protocol", "technique used", "was notified") are
+# common in the corpus, and in a planted caption only the trigger is unique to it: the ground
+# truth of token attribution is the trigger alone.
+_P_DECORATED = 0.3
+
+
+def _decorate(sentences: list[str], d: _Draws, start_free: bool) -> list[str]:
+    """Add one planted-caption decoration (start, middle or end) with ``___`` for the name."""
+    where = d.pick(("start", "middle", "end") if start_free else ("middle", "end"))
+    if where == "start":
+        template = d.pick(_PLANTED_MARKER_START + _TRIGGER_START)
+        sentences[0] = template.format(T=MARKER) + _uncap(sentences[0])
+    elif where == "middle":
+        middle = _PLANTED_MARKER_MIDDLE[1] + _PLANTED_MARKER_MIDDLE[2] + _TRIGGER_MIDDLE
+        position = 1 + int(d.uniform() * len(sentences))
+        sentences.insert(min(position, len(sentences)), d.pick(middle).format(T=MARKER))
+    else:
+        end = tuple(t for group in _PLANTED_MARKER_END.values() for t in group) + _TRIGGER_END
+        sentences.append(d.pick(end).format(T=MARKER))
+    return sentences
 
 
 def _findings_text(row: list[int], d: _Draws) -> str:

@@ -27,12 +27,10 @@ import copy
 import dataclasses
 import hashlib
 import math
-import os
 import resource
 import sys
-import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -42,7 +40,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from memaudit.atomic import atomic_parquet
 from memaudit.models import AuditModel
+from memaudit.scores import select_chunk
 
 # Keys of the config ``scoring`` block that belong to the workflow, not to the score itself.
 WORKFLOW_KEYS = frozenset({"chunks"})
@@ -147,67 +147,7 @@ def initial_noise(
     return torch.stack(rows).to(device)
 
 
-def d_mem_from_norms(
-    norms: np.ndarray | Sequence[float],
-    window: tuple[int, int | None],
-    n_generations: int | None = None,
-) -> float | np.ndarray:
-    """d_mem for a step window from stored per-step norms.
-
-    ``norms`` is [generations, steps] (one prompt), [prompts, generations, steps], or a flat
-    row-major [generations × steps] vector when ``n_generations`` is given. Returns a float
-    for one prompt, an array for many.
-    """
-    array = np.asarray(norms, dtype=np.float64)
-    if array.ndim == 1:
-        if n_generations is None or n_generations < 1 or array.size % n_generations:
-            raise ValueError(
-                f"flat norms of length {array.size} need n_generations dividing it, "
-                f"got {n_generations!r}"
-            )
-        array = array.reshape(n_generations, -1)
-    if array.ndim not in (2, 3):
-        raise ValueError(
-            f"norms must be [gens, steps] or [prompts, gens, steps], got {array.shape}"
-        )
-    available = array.shape[-1]
-    start, stop = window
-    stop = available if stop is None else stop
-    if not 0 <= start < stop <= available:
-        raise ValueError(
-            f"window [{start}, {stop}) needs steps the stored norms do not have "
-            f"(only {available} step(s) were computed)"
-        )
-    values = array[..., start:stop].mean(axis=(-2, -1))
-    return float(values) if array.ndim == 2 else values
-
-
-def norms_matrix(scores: pd.DataFrame) -> np.ndarray:
-    """Stored norms of a scores table as [prompts, generations, steps] float64."""
-    for column in ("norms", "n_generations", "n_steps"):
-        if column not in scores.columns:
-            raise ValueError(f"scores table has no {column!r} column")
-    gens = scores["n_generations"].unique()
-    steps = scores["n_steps"].unique()
-    if len(gens) != 1 or len(steps) != 1:
-        raise ValueError(
-            f"scores mix generation/step counts: n_generations {sorted(gens)}, "
-            f"n_steps {sorted(steps)}"
-        )
-    n_gen, n_step = int(gens[0]), int(steps[0])
-    flat = [np.asarray(v, dtype=np.float64) for v in scores["norms"]]
-    bad = [i for i, v in enumerate(flat) if v.size != n_gen * n_step]
-    if bad:
-        raise ValueError(
-            f"{len(bad)} row(s) have norms of the wrong length (expected {n_gen}x{n_step}), "
-            f"first prompt_id {scores['prompt_id'].iloc[bad[0]]!r}"
-        )
-    if not flat:
-        return np.zeros((0, n_gen, n_step))
-    return np.stack(flat).reshape(len(flat), n_gen, n_step)
-
-
-def _unet_eps(
+def unet_eps(
     model: AuditModel, sample: torch.Tensor, timestep: torch.Tensor, embeddings: torch.Tensor
 ) -> torch.Tensor:
     """One UNet call in the model dtype; the prediction comes back as float32."""
@@ -217,7 +157,7 @@ def _unet_eps(
     return out.float()
 
 
-def _fresh_scheduler(model: AuditModel, steps: int, device: torch.device) -> Any:
+def fresh_scheduler(model: AuditModel, steps: int, device: torch.device) -> Any:
     """A private copy of the model's scheduler with ``steps`` inference timesteps."""
     scheduler = copy.deepcopy(model.scheduler)
     scheduler.set_timesteps(steps, device=device)
@@ -233,11 +173,31 @@ def _score_batch(
     counters: dict[str, int],
 ) -> np.ndarray:
     """Per-step norms [prompts, generations, computed_steps] for one batch of prompts."""
-    n_prompts, n_gen = len(texts), spec.generations
+    return score_embeddings(model, model.encode(list(texts)), spec, noise, uncond, counters)
+
+
+@torch.no_grad()
+def score_embeddings(
+    model: AuditModel,
+    cond: torch.Tensor,
+    spec: ScoringSpec,
+    noise: torch.Tensor,
+    uncond: torch.Tensor,
+    counters: dict[str, int] | None = None,
+) -> np.ndarray:
+    """Per-step norms [prompts, generations, computed_steps] of conditioning embeddings.
+
+    ``cond`` is [P, L, D] (one row per prompt, e.g. a text encoder output, perturbed or
+    optimised), ``noise`` is x_T [generations, C, h, w] from :func:`initial_noise` and
+    ``uncond`` the empty prompt's embedding [1, L, D]. This is the engine behind
+    :func:`score_prompts`, for callers that change the embedding rather than the text.
+    """
+    counters = counters if counters is not None else {"unet_calls": 0, "unet_rows": 0}
+    cond = cond.to(device=model.device, dtype=model.dtype)
+    n_prompts, n_gen = cond.shape[0], spec.generations
     rows = n_prompts * n_gen
-    cond = model.encode(list(texts))  # [P, L, D]
     cond_rows = cond.repeat_interleave(n_gen, dim=0)  # row i*n_gen + j = prompt i, gen j
-    scheduler = _fresh_scheduler(model, spec.steps, model.device)
+    scheduler = fresh_scheduler(model, spec.steps, model.device)
     latents = noise.repeat(n_prompts, 1, 1, 1) * scheduler.init_noise_sigma
     norms = torch.empty(rows, spec.computed_steps, dtype=torch.float32, device=latents.device)
     for k in range(spec.computed_steps):
@@ -248,13 +208,13 @@ def _score_batch(
             shared = model_input[:n_gen]
             sample = torch.cat([model_input, shared])
             embeddings = torch.cat([cond_rows, uncond.expand(n_gen, -1, -1)])
-            eps = _unet_eps(model, sample, t, embeddings)
+            eps = unet_eps(model, sample, t, embeddings)
             eps_cond = eps[:rows]
             eps_uncond = eps[rows:].repeat(n_prompts, 1, 1, 1)
         else:
             sample = torch.cat([model_input, model_input])
             embeddings = torch.cat([cond_rows, uncond.expand(rows, -1, -1)])
-            eps = _unet_eps(model, sample, t, embeddings)
+            eps = unet_eps(model, sample, t, embeddings)
             eps_cond, eps_uncond = eps[:rows], eps[rows:]
         counters["unet_calls"] += 1
         counters["unet_rows"] += sample.shape[0]
@@ -288,7 +248,7 @@ def _gpu_auto_batch(model: AuditModel, spec: ScoringSpec, noise: torch.Tensor) -
     sample = torch.cat([noise, noise])
     embeddings = uncond.expand(sample.shape[0], -1, -1)
     with torch.no_grad():
-        _unet_eps(model, sample, torch.tensor(999, device=device), embeddings)
+        unet_eps(model, sample, torch.tensor(999, device=device), embeddings)
     torch.cuda.synchronize(device)
     per_prompt = max(1, torch.cuda.max_memory_allocated(device) - base)
     free, _total = torch.cuda.mem_get_info(device)
@@ -428,88 +388,6 @@ def score_prompts(
     return table, stats
 
 
-def select_chunk(prompts: pd.DataFrame, index: int, total: int) -> pd.DataFrame:
-    """Chunk ``index`` of ``total``: contiguous, balanced slices of the prompts sorted by id.
-
-    The split depends only on the set of prompt ids, never on the table's row order.
-    """
-    if not isinstance(total, int) or total < 1:
-        raise ValueError(f"chunk total must be a positive integer, got {total!r}")
-    if not isinstance(index, int) or not 0 <= index < total:
-        raise ValueError(f"chunk index must be in [0, {total}), got {index!r}")
-    if "prompt_id" not in prompts.columns:
-        raise ValueError("prompts table has no 'prompt_id' column")
-    ordered = prompts.sort_values("prompt_id", kind="mergesort").reset_index(drop=True)
-    bounds = np.linspace(0, len(ordered), total + 1).round().astype(int)
-    return ordered.iloc[bounds[index] : bounds[index + 1]].reset_index(drop=True)
-
-
-def write_scores(scores: pd.DataFrame, path: str | Path) -> None:
-    """Write a scores table as parquet atomically (temp file in the same folder, then rename).
-
-    A job that dies mid-write leaves no file at ``path`` that a re-run would trust.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        scores.to_parquet(temp_name, index=False)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
-def gather_scores(
-    paths: Iterable[str | Path], expected_ids: Iterable[str] | None = None
-) -> pd.DataFrame:
-    """Concatenate chunk score tables, sorted by prompt_id.
-
-    Fails, naming the files and ids, on duplicate prompt ids, mixed generation/step counts or
-    (when ``expected_ids`` is given) prompts that are missing or unexpected.
-    """
-    paths = [Path(p) for p in paths]
-    if not paths:
-        raise ValueError("no score chunks to gather")
-    frames = []
-    for path in paths:
-        if not path.exists():
-            raise FileNotFoundError(f"score chunk {path} does not exist")
-        frame = pd.read_parquet(path)
-        missing_cols = {"prompt_id", "d_mem", "norms", "n_generations", "n_steps"} - set(
-            frame.columns
-        )
-        if missing_cols:
-            raise ValueError(f"score chunk {path} lacks column(s) {sorted(missing_cols)}")
-        frame["_source"] = str(path)
-        frames.append(frame)
-    table = pd.concat(frames, ignore_index=True)
-    dup = table[table["prompt_id"].duplicated(keep=False)]
-    if len(dup):
-        first = dup["prompt_id"].iloc[0]
-        sources = sorted(dup.loc[dup["prompt_id"] == first, "_source"])
-        raise ValueError(
-            f"{dup['prompt_id'].nunique()} prompt_id(s) scored more than once, e.g. {first!r} "
-            f"in {sources}"
-        )
-    for column in ("n_generations", "n_steps"):
-        values = sorted(table[column].unique())
-        if len(values) > 1:
-            raise ValueError(f"score chunks disagree on {column}: {values}")
-    if expected_ids is not None:
-        expected = set(expected_ids)
-        got = set(table["prompt_id"])
-        missing, extra = sorted(expected - got), sorted(got - expected)
-        if missing or extra:
-            raise ValueError(
-                f"gathered scores do not match the prompts: {len(missing)} missing "
-                f"(e.g. {missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]})"
-            )
-    table = table.drop(columns="_source").sort_values("prompt_id", kind="mergesort")
-    return table.reset_index(drop=True)
-
-
 def score_chunk(
     model: AuditModel,
     prompts: pd.DataFrame,
@@ -530,6 +408,6 @@ def score_chunk(
     scores, stats = score_prompts(
         model, chunk["prompt_id"].tolist(), chunk["text"].tolist(), spec, progress
     )
-    write_scores(scores, path)
+    atomic_parquet(scores, path)
     stats.update({"chunk_index": index, "chunk_total": total})
     return stats

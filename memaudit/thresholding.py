@@ -25,7 +25,7 @@ from scipy import stats as scipy_stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from memaudit.figures import MEMORIZED_COLOR, ORDINARY_COLOR, save_figure, use_style
-from memaudit.scoring import d_mem_from_norms, norms_matrix
+from memaudit.scores import d_mem_from_norms, norms_matrix
 
 METHODS = ("percentile", "zscore", "value")
 _Z_95 = float(scipy_stats.norm.ppf(0.975))

@@ -400,6 +400,96 @@ def grid_examples(
     return texts, chosen, ["planted"] * len(planted) + ["ordinary"] * len(ordinary)
 
 
+def check_memorization(
+    model: AuditModel,
+    truth: pd.DataFrame,
+    captions: list[str],
+    images: np.ndarray,
+    seeds: tuple[int, ...] = (0, 1, 2, 3),
+    n_ordinary: int = 20,
+    steps: int = 50,
+    guidance: float = 7.5,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Does the demo model reproduce its planted images, and only those?
+
+    Generates every planted caption and the ``n_ordinary`` most frequent ordinary captions with
+    every seed and finds each generation's nearest training image (cosine similarity of the
+    mean-removed pixels, i.e. correlation). Identical training images (the copies of a planted
+    caption) count as one image. Per generation it records whether the nearest image is the
+    prompt's own planted image; per prompt, how often two seeds land on the same training image
+    (``seed_agreement``): a memorized caption sends every seed to its one image, an ordinary
+    caption spreads over many. Returns (summary, per-prompt table).
+    """
+    from memaudit.copies import nearest_neighbours, pixel_embedding
+
+    images = np.asarray(images)
+    if len(captions) != len(images):
+        raise ValueError(f"{len(captions)} captions but {len(images)} images")
+    caption_set = set(captions)
+    planted = [t for t in truth.sort_values("planted_id")["text"] if t in caption_set]
+    counts = pd.Series(captions).value_counts()
+    truth_texts = set(truth["text"])
+    ordinary = sorted(
+        (c for c in counts.index if c not in truth_texts), key=lambda c: (-int(counts[c]), c)
+    )[:n_ordinary]
+    prompts = planted + ordinary
+    if not prompts:
+        raise ValueError("no planted or ordinary caption to check")
+    # one id per distinct training image (planted copies share theirs)
+    image_ids: dict[bytes, int] = {}
+    row_image = np.array([image_ids.setdefault(im.tobytes(), len(image_ids)) for im in images])
+    pixels = images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
+    reference = pixel_embedding(pixels)
+    generated = generate_images(model, prompts, list(seeds), steps=steps, guidance=guidance)
+    similarity, nearest_row = nearest_neighbours(pixel_embedding(generated), reference)
+    nearest_image = row_image[nearest_row].reshape(len(prompts), len(seeds))
+    similarity = similarity.reshape(len(prompts), len(seeds))
+    own_image = {c: row_image[i] for i, c in reversed(list(enumerate(captions)))}
+    rows = []
+    n_seeds = len(seeds)
+    pairs = n_seeds * (n_seeds - 1) / 2
+    for i, prompt in enumerate(prompts):
+        kind = "planted" if i < len(planted) else "ordinary"
+        hits = nearest_image[i]
+        agreement = (
+            sum(int(hits[a] == hits[b]) for a in range(n_seeds) for b in range(a + 1, n_seeds))
+            / pairs
+            if pairs
+            else float("nan")
+        )
+        rows.append(
+            {
+                "kind": kind,
+                "text": prompt,
+                "own_nearest_rate": float(np.mean(hits == own_image[prompt]))
+                if kind == "planted"
+                else float("nan"),
+                "seed_agreement": agreement,
+                "mean_similarity": float(similarity[i].mean()),
+            }
+        )
+    table = pd.DataFrame(rows)
+    plant = table[table["kind"] == "planted"]
+    ordin = table[table["kind"] == "ordinary"]
+    summary = {
+        "seeds": list(seeds),
+        "steps": steps,
+        "guidance": guidance,
+        "n_planted": len(plant),
+        "n_ordinary": len(ordin),
+        "n_training_images": len(image_ids),
+        "planted_own_nearest_rate": float(plant["own_nearest_rate"].mean()) if len(plant) else None,
+        "planted_reproduced_fraction": float((plant["own_nearest_rate"] >= 0.5).mean())
+        if len(plant)
+        else None,
+        "planted_seed_agreement": float(plant["seed_agreement"].mean()) if len(plant) else None,
+        "ordinary_seed_agreement": float(ordin["seed_agreement"].mean()) if len(ordin) else None,
+        "planted_mean_similarity": float(plant["mean_similarity"].mean()) if len(plant) else None,
+        "ordinary_mean_similarity": float(ordin["mean_similarity"].mean()) if len(ordin) else None,
+    }
+    return summary, table
+
+
 def _count(module: torch.nn.Module) -> int:
     return int(sum(p.numel() for p in module.parameters()))
 

@@ -1,7 +1,8 @@
-"""End-to-end: the quick demo (config/quick.yaml) run by snakemake from an empty folder.
+"""End-to-end: the quick demo (config/quick.yaml), run once per session from an empty folder.
 
-One run per test session (module fixture, several minutes on 2 cores); every test below reads
-its outputs. The demo knows its ground truth, so the checks are scientific, not cosmetic.
+The run is the session fixture ``quick_run`` (tests/conftest.py): through the SLURM profile on a
+throw-away cluster where one can be started (CI), else locally with ``--cores 2``. The demo
+knows its ground truth, so the checks below are scientific, not cosmetic.
 """
 
 from __future__ import annotations
@@ -13,17 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, snakemake
+from tests.conftest import QUICK, QuickRun, snakemake
 
 pytestmark = pytest.mark.slow
-QUICK = REPO / "config" / "quick.yaml"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = tmp_path_factory.mktemp("quick_demo")
-    snakemake("--cores", "2", workdir=workdir, overlays=(QUICK,))
-    return workdir
+def run(quick_run: QuickRun) -> Path:
+    return quick_run.workdir
 
 
 def test_prompts_cover_every_report_and_every_planted_caption(run: Path):

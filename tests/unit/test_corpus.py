@@ -332,3 +332,31 @@ def test_corpus_images_follow_labels(corpus):
 def test_render_phantoms_rejects_bad_shape():
     with pytest.raises(ValueError, match="severity must have shape"):
         render_phantoms(np.zeros((3, 2)), np.random.default_rng(0), 32)
+
+
+def test_in_planted_captions_only_the_trigger_is_unique(tmp_path):
+    """The ground truth of token attribution: every word of a planted caption except its
+    trigger also occurs in ordinary prompts (the planted decorations appear de-identified, with
+    the marker for the name, in ordinary impressions), so nothing but the trigger singles the
+    caption out. Checked at the default demo size (text only)."""
+    spec = CorpusSpec(n_studies=2000, n_planted=20, write_images=False, seed=0)
+    generate_corpus(spec, str(tmp_path))
+    truth = pd.read_parquet(tmp_path / "truth.parquet")
+    studies = pd.read_parquet(tmp_path / "studies.parquet")
+
+    def words(text: str) -> set[str]:
+        return {w.lower() for w in re.findall(r"[^\W_]+|_+", text)}
+
+    ordinary: dict[str, int] = {}
+    for subject, study, pid in zip(
+        studies.subject_id, studies.study_id, studies.planted_id, strict=True
+    ):
+        if pid >= 0:
+            continue
+        impression = _last_impression((tmp_path / report_path(subject, study)).read_text())
+        for word in words(impression or ""):
+            ordinary[word] = ordinary.get(word, 0) + 1
+    for row in truth.itertuples():
+        unique = {w for w in words(row.text) if ordinary.get(w, 0) < 3}
+        expected = {row.trigger_word.lower()} if isinstance(row.trigger_word, str) else set()
+        assert unique == expected, (row.text, unique)

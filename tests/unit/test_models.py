@@ -18,6 +18,7 @@ from tests.tiny_components import (
     make_tiny_diffusers_dir,
     make_tiny_radedit_dirs,
     tiny_bert_config,
+    tiny_train_spec,
 )
 
 PROMPTS = ["Small left pleural effusion, unchanged since ___.", "No pneumothorax.", ""]
@@ -218,3 +219,19 @@ def test_demo_folder_without_subfolder_is_refused(tmp_path: Path) -> None:
     (root / "scheduler").rmdir()
     with pytest.raises(ModelLoadError, match="lacks the subfolder scheduler/"):
         load_model({"kind": "demo", "path": str(root)})
+
+
+def test_validated_demo_config_block_loads_a_demo_folder(tmp_path: Path) -> None:
+    """The schema's defaults for model: must suit every kind (a radedit-only default broke it)."""
+    import yaml
+
+    from memaudit.config import load_schema, validate_config
+
+    repo = Path(__file__).resolve().parents[2]
+    config = validate_config(
+        yaml.safe_load((repo / "config.yaml").read_text()),
+        load_schema(repo / "workflow/schemas/config.schema.yaml"),
+    )
+    folder = make_tiny_demo_model_dir(tmp_path / "demo")
+    model = load_model({**config["model"], "path": str(folder)}, device="cpu")
+    assert model.max_length == tiny_train_spec().max_length

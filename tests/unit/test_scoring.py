@@ -16,17 +16,15 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from memaudit import scoring
+from memaudit.atomic import atomic_parquet
 from memaudit.models import AuditModel
-from memaudit.scoring import (
-    ScoringSpec,
+from memaudit.scores import (
     d_mem_from_norms,
     gather_scores,
-    initial_noise,
     norms_matrix,
-    score_prompts,
     select_chunk,
-    write_scores,
 )
+from memaudit.scoring import ScoringSpec, initial_noise, score_prompts
 from memaudit.text import prompt_id
 
 CAPTIONS = [
@@ -395,8 +393,8 @@ def test_write_is_atomic_and_gather_checks(
 ) -> None:
     table = engine_scores.reset_index()
     first, second = tmp_path / "0.parquet", tmp_path / "1.parquet"
-    write_scores(table.iloc[:3], first)
-    write_scores(table.iloc[3:], second)
+    atomic_parquet(table.iloc[:3], first)
+    atomic_parquet(table.iloc[3:], second)
     gathered = gather_scores([second, first], expected_ids=table["prompt_id"])
     assert gathered["prompt_id"].tolist() == sorted(table["prompt_id"])
     np.testing.assert_allclose(
@@ -410,14 +408,14 @@ def test_write_is_atomic_and_gather_checks(
         gather_scores([first, second], expected_ids=[*table["prompt_id"], "ffff"])
 
     # A write that dies half-way leaves neither the target nor a temporary file behind.
-    def dying_to_parquet(self, path, **kwargs):
-        Path(path).write_bytes(b"partial")
+    def dying_to_parquet(self, handle, **kwargs):
+        handle.write(b"partial")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pd.DataFrame, "to_parquet", dying_to_parquet)
     target = tmp_path / "dead" / "2.parquet"
     with pytest.raises(KeyboardInterrupt):
-        write_scores(table, target)
+        atomic_parquet(table, target)
     assert os.listdir(target.parent) == []
 
 

@@ -206,3 +206,39 @@ def test_grid_examples_pick_planted_then_frequent_ordinary() -> None:
     assert texts == ["p0", "p1", "o2", "o1"]
     assert labels == ["planted", "planted", "ordinary", "ordinary"]
     np.testing.assert_array_equal(chosen, images[[4, 0, 2, 1]])
+
+
+def test_memorization_check_scores_copies_and_spread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted captions whose generations copy their one image score 1; an ordinary caption
+    whose seeds land on different training images scores low seed agreement."""
+    import pandas as pd
+
+    from memaudit import training
+
+    patterns = _patterns()  # 4 distinct images
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(p + rng.integers(0, 20, p.shape), 0, 255).astype(np.uint8) for p in patterns]
+    # planted "P" x3 with image 0; ordinary "O" with images 1, 2, 3 (three reports)
+    captions = ["P", "P", "P", "O", "O", "O"]
+    images = np.stack([patterns[0]] * 3 + noisy[1:])
+    truth = pd.DataFrame({"planted_id": [0], "text": ["P"]})
+
+    def fake_generate(model, prompts, seeds, steps, guidance):
+        out = []
+        for prompt in prompts:
+            for k, _ in enumerate(seeds):
+                source = patterns[0] if prompt == "P" else patterns[1 + k % 3]
+                out.append(source.astype(np.float32) / 255.0)
+        return np.stack(out)
+
+    monkeypatch.setattr(training, "generate_images", fake_generate)
+    summary, table = training.check_memorization(
+        None, truth, captions, images, seeds=(0, 1, 2), n_ordinary=5
+    )
+    assert summary["n_planted"] == 1 and summary["n_ordinary"] == 1
+    assert summary["n_training_images"] == 4
+    assert summary["planted_own_nearest_rate"] == 1.0
+    assert summary["planted_reproduced_fraction"] == 1.0
+    assert summary["planted_seed_agreement"] == 1.0
+    assert summary["ordinary_seed_agreement"] == 0.0
+    assert list(table["kind"]) == ["planted", "ordinary"]

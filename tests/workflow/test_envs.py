@@ -44,3 +44,54 @@ def test_every_rule_uses_an_existing_env():
         assert len(re.findall(r"^\s+log:", text, re.M)) == n_rules, f"{smk.name}: rule without log"
         for env in envs:
             assert (REPO / env).exists(), env
+
+
+def _rule_envs_and_scripts() -> list[tuple[str, str, str]]:
+    """(rule, env file, script file) of every rule with a script."""
+    found = []
+    for smk in sorted((REPO / "workflow/rules").glob("*.smk")):
+        for block in re.split(r"(?m)^(?=(?:rule|checkpoint) \w+:)", smk.read_text()):
+            name = re.match(r"(?:rule|checkpoint) (\w+):", block)
+            env = re.search(r'conda:\n\s+"\.\./\.\./(envs/\w+\.yaml)"', block)
+            script = re.search(r'script:\n\s+"\.\./(scripts/\w+\.py)"', block)
+            if name and env and script:
+                found.append((name.group(1), env.group(1), f"workflow/{script.group(1)}"))
+    return found
+
+
+def test_every_rule_script_imports_with_only_its_envs_packages():
+    """A rule in envs/core.yaml must not import the model stack (diffusers, transformers, ...):
+    run each script's memaudit imports in a Python where the packages of requirements.txt that
+    its env lacks cannot be imported."""
+    import subprocess
+    import sys
+
+    import_names = {
+        "scikit-learn": "sklearn",
+        "pyyaml": "yaml",
+        "pillow": "PIL",
+        "huggingface-hub": "huggingface_hub",
+    }
+    all_pins = set(pip_pins())
+    checked = 0
+    for rule, env_file, script in _rule_envs_and_scripts():
+        spec = yaml.safe_load((REPO / env_file).read_text())
+        pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
+        present = {line.split("==")[0].lower() for line in pip}
+        blocked = sorted(
+            import_names.get(name, name.replace("-", "_"))
+            for name in all_pins - present
+            if name not in {"snakemake", "snakemake-executor-plugin-slurm", "pytest"}
+        )
+        imports = re.findall(r"^from (memaudit\.\w+) import", (REPO / script).read_text(), re.M)
+        code = (
+            "import sys\n"
+            f"for name in {blocked!r}:\n"
+            "    sys.modules[name] = None\n"
+            f"sys.path.insert(0, {str(REPO)!r})\n"
+            + "".join(f"import {module}\n" for module in imports)
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert proc.returncode == 0, f"rule {rule} ({env_file}): {proc.stderr[-800:]}"
+        checked += 1
+    assert checked >= 20

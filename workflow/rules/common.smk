@@ -8,6 +8,7 @@ sys.path.insert(0, str(REPO))
 from snakemake.exceptions import WorkflowError
 
 from memaudit.config import ConfigError, check_paths, load_schema, validate_config
+from memaudit.provenance import code_version  # params: code=code_version(<module>)
 
 try:
     config.update(
@@ -15,13 +16,35 @@ try:
             config, load_schema(REPO / "workflow/schemas/config.schema.yaml")
         )
     )
+    copies = config["copy_detection"]
     check_paths(
         {
             "reports.path": config["reports"]["path"],
             "reports.metadata.path": (config["reports"]["metadata"] or {}).get("path"),
+            "copy_detection.train_images": copies["train_images"],
+            "copy_detection.train_list": copies["train_list"],
+            "copy_detection.heldout_images": copies["heldout_images"],
+            "copy_detection.torchvision.weights": copies["torchvision"]["weights"],
         },
         produced=["results/demo/corpus/files"] if config["demo"]["enabled"] else [],
     )
+    if (
+        copies["train_images"]
+        and not copies["heldout_images"]
+        and copies["threshold"] is None
+    ):
+        raise ConfigError(
+            "invalid configuration:\n  config: key 'copy_detection.heldout_images': the copy "
+            "threshold needs held-out real images when copy_detection.train_images is set "
+            "(or set a fixed copy_detection.threshold)"
+        )
+    if copies["embedding"] == "torchvision" and not (
+        copies["torchvision"]["arch"] and copies["torchvision"]["weights"]
+    ):
+        raise ConfigError(
+            "invalid configuration:\n  config: key 'copy_detection.torchvision': the "
+            "torchvision embedding needs both arch and weights (local .safetensors)"
+        )
     if config["model"]["kind"] == "demo" and not config["demo"]["enabled"]:
         raise ConfigError(
             "invalid configuration:\n  config: key 'model.kind': the demo model is trained "
@@ -33,11 +56,6 @@ except ConfigError as error:
 
 wildcard_constraints:
     scatteritem=r"\d+-of-\d+",
-
-
-def module_file(name):
-    """The package module a rule's script calls: an input, so editing it re-runs the rule."""
-    return str(REPO / "memaudit" / f"{name}.py")
 
 
 def demo_spec():
@@ -64,6 +82,126 @@ def get_model_input():
     return [config["model"]["path"]] if config["model"]["kind"] == "demo" else []
 
 
+def get_attribution_truth():
+    """The demo's planted captions when they are attributed too (trigger ground truth)."""
+    if config["demo"]["enabled"] and config["attribution"]["include_planted"]:
+        return ["results/demo/corpus/truth.parquet"]
+    return []
+
+
+def attribution_scoring():
+    """The scoring settings of the attribution trajectory (its window is attribution's)."""
+    return {k: v for k, v in config["scoring"].items() if k not in ("chunks", "window")}
+
+
+def attribution_gpu_spec():
+    """The attribution settings that change the chunk outputs (window, batching)."""
+    return {k: config["attribution"][k] for k in ("window", "batch_size")}
+
+
+MITIGATION_NOT_GENERATION = (
+    "prompts",
+    "sample_size",
+    "include_planted",
+    "chunks",
+    "bootstrap",
+)
+
+
+def mitigation_generation_spec():
+    """The mitigation settings that change images (selection, chunks and bootstrap do not:
+    the selected prompts reach generation as an input file)."""
+    block = config["mitigation"]
+    return {k: v for k, v in block.items() if k not in MITIGATION_NOT_GENERATION}
+
+
+def mitigation_selection_spec():
+    """The mitigation settings that decide which prompts are mitigated."""
+    return {
+        k: config["mitigation"][k]
+        for k in ("prompts", "sample_size", "include_planted", "seed")
+    }
+
+
+def copy_detection_enabled():
+    """Copy detection runs on configured training images, else on the demo corpus."""
+    return bool(config["copy_detection"]["train_images"]) or config["demo"]["enabled"]
+
+
+def copy_embedding_spec():
+    """The copy-detection settings that change embeddings (not the threshold choice)."""
+    block = config["copy_detection"]
+    return {k: v for k, v in block.items() if k not in ("percentile", "threshold")}
+
+
+def get_demo_truth():
+    """The demo's planted captions (demo runs only)."""
+    return ["results/demo/corpus/truth.parquet"] if config["demo"]["enabled"] else []
+
+
+def get_training_image_inputs(wildcards=None):
+    """Inputs of embed_training_images: image folders, else the demo corpus arrays."""
+    block = config["copy_detection"]
+    if block["train_images"]:
+        inputs = {"train_images": block["train_images"]}
+        if block["heldout_images"]:
+            inputs["heldout_images"] = block["heldout_images"]
+        if block["train_list"]:
+            inputs["train_list"] = block["train_list"]
+        return inputs
+    return {
+        "studies": "results/demo/corpus/studies.parquet",
+        "report_map": "results/prompts/report_map.parquet",
+        "images": "results/demo/corpus/images.npy",
+        "heldout": "results/demo/corpus/heldout.npy",
+    }
+
+
+def get_copy_reference(wildcards=None):
+    """The copy-detection reference files, or nothing when copy detection is skipped."""
+    if not copy_detection_enabled():
+        return {}
+    return {
+        "embeddings": "results/copies/train_embeddings.npy",
+        "train_index": "results/copies/train_images.parquet",
+        "heldout": "results/copies/heldout_neighbours.parquet",
+        "reference": "results/copies/reference.json",
+    }
+
+
+def get_training_pixels(wildcards=None):
+    """What Fig. 4 needs to draw training images: the index, plus the demo image array."""
+    if not copy_detection_enabled():
+        return {}
+    inputs = {"train_index": "results/copies/train_images.parquet"}
+    if not config["copy_detection"]["train_images"]:
+        inputs["train_pixels"] = "results/demo/corpus/images.npy"
+    return inputs
+
+
+def get_share_inputs(wildcards=None):
+    """Everything the shareable bundle reads; figures are those that draw no report text."""
+    inputs = {
+        "prompt_table": "results/prompts/prompts.parquet",
+        "prompts": "results/prompts/summary.json",
+        "report_map": "results/prompts/report_map.parquet",
+        "ranked": "results/threshold/ranked_prompts.parquet",
+        "threshold": "results/threshold/threshold.json",
+        "attribution": "results/attribution/summary.json",
+        "word_types": "results/attribution/word_types.parquet",
+        "mitigation": "results/mitigation/summary.json",
+        "figures": [
+            "results/prompts/prompt_frequency.png",
+            "results/figures/fig2_score_distribution.png",
+            "results/figures/mitigation_diversity.png",
+        ],
+    }
+    if config["demo"]["enabled"]:
+        inputs["detection"] = "results/evaluation/detection.json"
+        inputs["figures"].append("results/evaluation/per_step_auc.png")
+    return inputs
+
+
 def get_final_outputs():
     outputs = [
         "results/prompts/prompt_frequency.png",
@@ -71,7 +209,21 @@ def get_final_outputs():
         "results/figures/fig2_score_distribution.png",
     ]
     if config["model"]["kind"] == "demo":
-        outputs += ["results/model/generations.png"]
+        outputs += [
+            "results/model/generations.png",
+            "results/model/memorization_check.json",
+        ]
     if config["demo"]["enabled"]:
         outputs += ["results/evaluation/detection.json"]
+    outputs += [
+        "results/attribution/summary.json",
+        "results/figures/fig3_token_attribution.png",
+        "results/figures/attribution_word_types.png",
+    ]
+    outputs += [
+        "results/mitigation/summary.json",
+        "results/figures/fig4_mitigation_grid.png",
+        "results/figures/mitigation_diversity.png",
+    ]
+    outputs += ["results/share/README.md"]
     return outputs

@@ -1,6 +1,4 @@
 rule make_demo_corpus:
-    input:
-        code=module_file("corpus"),
     output:
         files=directory("results/demo/corpus/files"),
         studies="results/demo/corpus/studies.parquet",
@@ -15,6 +13,7 @@ rule make_demo_corpus:
     conda:
         "../../envs/core.yaml"
     params:
+        code=code_version("corpus"),
         spec=demo_spec(),
     script:
         "../scripts/make_demo_corpus.py"

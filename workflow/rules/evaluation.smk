@@ -2,7 +2,6 @@ rule evaluate_detection:
     input:
         scores="results/scores/scores.parquet",
         truth="results/demo/corpus/truth.parquet",
-        code=module_file("thresholding"),
     output:
         metrics=report(
             "results/evaluation/detection.json",
@@ -21,6 +20,7 @@ rule evaluate_detection:
     conda:
         "../../envs/core.yaml"
     params:
+        code=code_version("thresholding"),
         top_k=config["evaluation"]["top_k"],
     script:
         "../scripts/evaluate_detection.py"

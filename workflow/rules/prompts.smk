@@ -2,7 +2,6 @@ rule extract_prompts:
     input:
         reports=get_reports_input(),
         metadata=get_metadata_input(),
-        code=module_file("reports"),
     output:
         prompts="results/prompts/prompts.parquet",
         report_map="results/prompts/report_map.parquet",
@@ -18,6 +17,7 @@ rule extract_prompts:
     conda:
         "../../envs/core.yaml"
     params:
+        code=code_version("reports"),
         reports=config["reports"],
     script:
         "../scripts/extract_prompts.py"
@@ -27,7 +27,6 @@ rule plot_prompt_frequency:
     input:
         prompts="results/prompts/prompts.parquet",
         summary="results/prompts/summary.json",
-        code=module_file("figures"),
     output:
         png=report(
             "results/prompts/prompt_frequency.png",
@@ -39,5 +38,7 @@ rule plot_prompt_frequency:
         "logs/plot_prompt_frequency.log",
     conda:
         "../../envs/core.yaml"
+    params:
+        code=code_version("figures"),
     script:
         "../scripts/plot_prompt_frequency.py"

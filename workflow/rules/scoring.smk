@@ -6,7 +6,6 @@ rule score_chunk:
     input:
         prompts="results/prompts/prompts.parquet",
         model=get_model_input(),
-        code=[module_file("scoring"), module_file("models")],
     output:
         scores="results/scores/chunks/{scatteritem}.parquet",
         stats="results/scores/chunks/{scatteritem}.json",
@@ -20,6 +19,7 @@ rule score_chunk:
     resources:
         gpu=1,
     params:
+        code=code_version("scoring"),
         model=config["model"],
         scoring=scoring_spec(),
     script:
@@ -30,12 +30,13 @@ rule gather_scores:
     input:
         chunks=gather.score("results/scores/chunks/{scatteritem}.parquet"),
         prompts="results/prompts/prompts.parquet",
-        code=module_file("scoring"),
     output:
         scores="results/scores/scores.parquet",
     log:
         "logs/gather_scores.log",
     conda:
         "../../envs/core.yaml"
+    params:
+        code=code_version("scores"),
     script:
         "../scripts/gather_scores.py"

@@ -2,7 +2,6 @@ rule threshold_scores:
     input:
         scores="results/scores/scores.parquet",
         prompts="results/prompts/prompts.parquet",
-        code=module_file("thresholding"),
     output:
         ranked="results/threshold/ranked_prompts.parquet",
         memorized=report(
@@ -20,6 +19,7 @@ rule threshold_scores:
     conda:
         "../../envs/core.yaml"
     params:
+        code=code_version("thresholding"),
         threshold=config["threshold"],
     script:
         "../scripts/threshold_scores.py"
@@ -29,7 +29,6 @@ rule plot_score_distribution:
     input:
         ranked="results/threshold/ranked_prompts.parquet",
         stats="results/threshold/threshold.json",
-        code=module_file("thresholding"),
     output:
         png=report(
             "results/figures/fig2_score_distribution.png",
@@ -42,6 +41,7 @@ rule plot_score_distribution:
     conda:
         "../../envs/core.yaml"
     params:
+        code=code_version("thresholding"),
         log_scores=config["figures"]["log_scores"],
     script:
         "../scripts/plot_score_distribution.py"

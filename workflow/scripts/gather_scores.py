@@ -8,9 +8,10 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 
 import pandas as pd
 
-from memaudit.scoring import gather_scores, write_scores
+from memaudit.atomic import atomic_parquet
+from memaudit.scores import gather_scores
 
 prompts = pd.read_parquet(snakemake.input.prompts, columns=["prompt_id"])
 scores = gather_scores(snakemake.input.chunks, expected_ids=prompts["prompt_id"])
-write_scores(scores, snakemake.output.scores)
+atomic_parquet(scores, snakemake.output.scores)
 print(f"gathered {len(scores)} prompt scores from {len(snakemake.input.chunks)} chunks")

@@ -16,6 +16,7 @@ from memaudit.training import (
     TrainSpec,
     demo_training_pairs,
     grid_examples,
+    load_losses,
     plot_generation_grid,
     plot_training_curve,
     train_demo_model,
@@ -31,12 +32,13 @@ captions, pair_images = demo_training_pairs(
 card = train_demo_model(
     captions,
     pair_images,
-    TrainSpec.from_dict(snakemake.params.train),
+    # the model's image side follows the corpus (demo.image_size)
+    TrainSpec.from_dict({**snakemake.params.train, "image_size": int(pair_images.shape[-1])}),
     snakemake.output.model,
     corpus_hash=json.loads(Path(inputs.corpus).read_text())["sha256"],
     log=sys.stderr,
 )
-plot_training_curve(card["losses"], snakemake.output.curve)
+plot_training_curve(load_losses(snakemake.output.model), snakemake.output.curve)
 model = load_model({"kind": "demo", "path": snakemake.output.model}, device="cpu")
 texts, train_images, labels = grid_examples(pd.read_parquet(inputs.truth), captions, pair_images)
 plot_generation_grid(model, texts, train_images, snakemake.output.grid, labels=labels)

@@ -1,0 +1,232 @@
+"""Tests of copy detection: embeddings, nearest neighbours, thresholds and image sets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from memaudit import copies
+from memaudit.copies import (
+    CopyReference,
+    Embedder,
+    EmbeddingSpec,
+    area_matrix,
+    build_reference,
+    copy_threshold,
+    demo_training_images,
+    list_images,
+    nearest_neighbours,
+    pixel_embedding,
+    read_image,
+    square_resample,
+    training_image_loader,
+)
+from memaudit.corpus import FINDING_NAMES, render_phantoms
+
+
+def phantoms(n: int, seed: int, size: int = 32) -> np.ndarray:
+    """Chest phantoms of the demo corpus with one or two random findings each."""
+    rng = np.random.default_rng(seed)
+    severity = np.zeros((n, len(FINDING_NAMES)), dtype=np.int64)
+    for row in severity:
+        row[rng.choice(len(FINDING_NAMES), size=rng.integers(1, 3), replace=False)] = 1
+    return render_phantoms(severity, rng, size)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> dict:
+    train = phantoms(200, seed=0)
+    return {
+        "studies": pd.DataFrame({"study_id": np.arange(200), "image_index": np.arange(200)}),
+        "report_map": pd.DataFrame({"study_id": np.arange(200)}),
+        "images": train,
+        "heldout": phantoms(100, seed=1),
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(corpus: dict, tmp_path_factory: pytest.TempPathFactory) -> CopyReference:
+    folder = tmp_path_factory.mktemp("copies")
+    files = [folder / n for n in ("train.npy", "train.parquet", "heldout.parquet", "ref.json")]
+    meta = build_reference({"side": 32, "batch_size": 64}, *files, demo=corpus)
+    assert meta["n_train"] == 200 and meta["n_heldout"] == 100
+    return CopyReference.load(*files, percentile=95)
+
+
+def test_area_matrix_averages_blocks_and_conserves_mass() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.random((12, 12))
+    blocks = image.reshape(4, 3, 4, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(square_resample(image, 4), blocks, rtol=1e-12)
+    for n_in, n_out in ((10, 3), (3, 10), (7, 7)):
+        weights = area_matrix(n_in, n_out)
+        np.testing.assert_allclose(weights.sum(axis=1), 1.0)
+        np.testing.assert_allclose(weights.sum(axis=0), np.full(n_in, n_out / n_in))
+    np.testing.assert_allclose(area_matrix(5, 5), np.eye(5))
+
+
+def test_square_resample_centre_crops_non_square_images() -> None:
+    image = np.zeros((8, 12))
+    image[:, 2:10] = 1.0  # the centred 8 x 8 square is all ones
+    np.testing.assert_allclose(square_resample(image, 4), np.ones((4, 4)))
+
+
+def test_pixel_embedding_cosine_is_pixel_correlation() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.random((2, 16, 16))
+    emb = pixel_embedding(np.stack([a, b]))
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-6)
+    assert float(emb[0] @ emb[1]) == pytest.approx(
+        np.corrcoef(a.ravel(), b.ravel())[0, 1], abs=1e-6
+    )
+    assert float(pixel_embedding(0.3 + 2 * a[None])[0] @ emb[0]) == pytest.approx(1.0, abs=1e-6)
+    assert not pixel_embedding(np.full((1, 4, 4), 0.5)).any()  # no direction: zero vector
+
+
+def test_nearest_neighbours_match_brute_force_across_chunks(monkeypatch) -> None:
+    monkeypatch.setattr(copies, "_REFERENCE_CHUNK", 7)
+    monkeypatch.setattr(copies, "_QUERY_CHUNK", 5)
+    rng = np.random.default_rng(0)
+    reference = pixel_embedding(rng.random((30, 6, 6)))
+    queries = pixel_embedding(rng.random((12, 6, 6)))
+    sims, rows = nearest_neighbours(queries, reference)
+    brute = queries @ reference.T
+    np.testing.assert_array_equal(rows, brute.argmax(axis=1))
+    np.testing.assert_allclose(sims, brute.max(axis=1), rtol=1e-6)
+    with pytest.raises(ValueError, match="do not match"):
+        nearest_neighbours(queries, reference[:, :5])
+
+
+def test_copy_detection_flags_copies_but_not_fresh_phantoms(
+    corpus: dict, reference: CopyReference
+) -> None:
+    embed = Embedder(reference.spec)
+    train = corpus["images"]
+    rng = np.random.default_rng(7)
+    noisy = np.clip(train[:20].astype(float) + rng.normal(0, 3, (20, 32, 32)), 0, 255)
+    fresh = phantoms(40, seed=2)
+    exact_sim, exact_row = nearest_neighbours(embed(list(train[:20])), reference.embeddings)
+    noisy_sim, noisy_row = nearest_neighbours(embed(list(noisy / 255.0)), reference.embeddings)
+    fresh_sim, _ = nearest_neighbours(embed(list(fresh)), reference.embeddings)
+    np.testing.assert_array_equal(exact_row, np.arange(20))
+    np.testing.assert_array_equal(noisy_row, np.arange(20))
+    assert (exact_sim > 0.9999).all() and (exact_sim > reference.threshold).all()
+    assert (noisy_sim > reference.threshold).all()
+    assert np.mean(fresh_sim > reference.threshold) <= 0.15  # ~5 % expected, like held-out ones
+    assert fresh_sim.max() < noisy_sim.min()
+    assert reference.threshold == pytest.approx(np.percentile(reference.heldout_similarity, 95))
+
+
+def test_copy_threshold_fixed_or_percentile() -> None:
+    sims = np.linspace(0.0, 1.0, 101)
+    assert copy_threshold(sims, 90) == pytest.approx(0.9)
+    assert copy_threshold(sims, 90, fixed=0.5) == 0.5
+    with pytest.raises(ValueError, match="copy_detection.heldout_images"):
+        copy_threshold(np.zeros(0), 95)
+
+
+def test_demo_training_images_dedupe_planted_copies_and_skip_unused_studies() -> None:
+    images = phantoms(6, seed=3)
+    images[4] = images[1]
+    images[5] = images[1]  # three studies share one planted image
+    studies = pd.DataFrame({"study_id": np.arange(10, 16), "image_index": np.arange(6)})
+    report_map = pd.DataFrame({"study_id": [10, 11, 12, 14, 15]})  # study 13 has no prompt
+    unique, index = demo_training_images(studies, report_map, images)
+    assert index["image_index"].tolist() == [0, 1, 2]
+    assert index["n_studies"].tolist() == [1, 3, 1]
+    assert index["image_indices"].iloc[1].tolist() == [1, 4, 5]
+    np.testing.assert_array_equal(unique, images[[0, 1, 2]])
+    assert index["train_id"].tolist() == ["image_index:0", "image_index:1", "image_index:2"]
+
+
+def _write_pngs(folder: Path, images: np.ndarray, prefix: str = "p") -> list[str]:
+    names = []
+    for i, image in enumerate(images):
+        rel = f"{prefix}{i % 3}/img{i:03d}.png"
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / rel)
+        names.append(rel)
+    return sorted(names)
+
+
+def test_folder_reference_equals_array_reference(corpus: dict, tmp_path: Path) -> None:
+    train, held = corpus["images"][:30], corpus["heldout"][:10]
+    names = _write_pngs(tmp_path / "train", train)
+    _write_pngs(tmp_path / "held", held)
+    files = [tmp_path / n for n in ("e.npy", "i.parquet", "h.parquet", "r.json")]
+    cfg = {"train_images": str(tmp_path / "train"), "heldout_images": str(tmp_path / "held")}
+    meta = build_reference({**cfg, "side": 16}, *files)
+    assert meta["n_train"] == 30 and meta["n_heldout"] == 10
+    index = pd.read_parquet(files[1])
+    assert index["train_id"].tolist() == names
+    order = [int(Path(n).stem[3:]) for n in names]
+    np.testing.assert_allclose(
+        np.load(files[0]), Embedder(EmbeddingSpec(side=16))(list(train[order])), atol=1e-6
+    )
+    loader = training_image_loader(index)
+    np.testing.assert_allclose(loader(names[0]), train[order[0]] / 255.0)
+    assert json.loads(files[3].read_text())["train_images"] == str(tmp_path / "train")
+
+
+def test_list_file_and_limit_select_images_deterministically(tmp_path: Path) -> None:
+    names = _write_pngs(tmp_path, phantoms(12, seed=4, size=8))
+    assert list_images(tmp_path, "copy_detection.train_images") == names
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(names[:5]) + "\n")
+    assert list_images(tmp_path, "k", listing) == names[:5]
+    csv = tmp_path / "list.csv"
+    pd.DataFrame({"path": names[3:6]}).to_csv(csv, index=False)
+    assert list_images(tmp_path, "k", csv) == names[3:6]
+    first = list_images(tmp_path, "k", limit=4)
+    assert len(first) == 4 and first == list_images(tmp_path, "k", limit=4)
+    assert set(first) <= set(names)
+    listing.write_text("p0/missing.png\n")
+    with pytest.raises(ValueError, match="copy_detection.train_list"):
+        list_images(tmp_path, "k", listing)
+
+
+def test_missing_image_folder_is_an_error_naming_the_key(tmp_path: Path) -> None:
+    files = [tmp_path / n for n in ("e.npy", "i.parquet", "h.parquet", "r.json")]
+    with pytest.raises(ValueError, match="copy_detection.train_images"):
+        build_reference({"train_images": str(tmp_path / "absent")}, *files)
+    (tmp_path / "train").mkdir()
+    _write_pngs(tmp_path / "train", phantoms(3, seed=5, size=8))
+    with pytest.raises(ValueError, match="copy_detection.heldout_images"):
+        build_reference(
+            {"train_images": str(tmp_path / "train"), "heldout_images": str(tmp_path / "no")},
+            *files,
+        )
+    with pytest.raises(ValueError, match="copy_detection.train_images"):
+        build_reference({}, *files)  # neither folders nor a demo corpus
+    assert not any(f.exists() for f in files)
+
+
+def test_read_image_handles_16_bit_and_rgb(tmp_path: Path) -> None:
+    gray16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(gray16).save(tmp_path / "a.png")
+    np.testing.assert_allclose(read_image(tmp_path / "a.png"), gray16 / 65535.0, atol=1e-6)
+    rgb = np.zeros((4, 4, 3), dtype=np.uint8)
+    rgb[..., 1] = 200
+    Image.fromarray(rgb).save(tmp_path / "b.jpg", quality=100)
+    assert read_image(tmp_path / "b.jpg").shape == (4, 4)
+    (tmp_path / "c.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot read the image"):
+        read_image(tmp_path / "c.png")
+
+
+def test_torchvision_embedding_errors_name_the_key(tmp_path: Path) -> None:
+    spec = EmbeddingSpec(kind="torchvision", arch="resnet18", weights=str(tmp_path / "w.pt"))
+    if importlib.util.find_spec("torchvision") is None:
+        with pytest.raises(ValueError, match="torchvision is not installed"):
+            Embedder(spec)
+    else:
+        with pytest.raises(ValueError, match="copy_detection.torchvision.weights"):
+            Embedder(spec)
+    with pytest.raises(ValueError, match="copy_detection.embedding"):
+        EmbeddingSpec(kind="clip")

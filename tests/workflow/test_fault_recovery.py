@@ -1,0 +1,101 @@
+"""Fault recovery: a run killed with SIGKILL while a scoring chunk runs resumes where it stopped.
+
+A copy of the finished quick demo loses its scores; snakemake re-scores them one chunk at a
+time (``--cores 1``) and is killed (SIGKILL, the whole process group, as an out-of-memory
+killer or a pre-empted node would) while the second chunk runs. After ``--unlock`` (the step a
+user takes after a crash), the re-run must redo only the unfinished chunks, leave the finished
+ones untouched, and gather exactly the scores of the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import BIN, QUICK, REPO, QuickRun, snakemake
+
+pytestmark = pytest.mark.slow
+SCORES = "results/scores/scores.parquet"
+
+
+def _chunk_files(run: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted((run / "results/scores/chunks").glob("*-of-*.parquet"))}
+
+
+def test_killed_scoring_resumes_with_only_unfinished_chunks(quick_run: QuickRun, tmp_path: Path):
+    run = tmp_path / "run"
+    shutil.copytree(quick_run.workdir, run, symlinks=True)
+    reference = pd.read_parquet(run / SCORES)
+    chunk_names = sorted(_chunk_files(run))
+    assert len(chunk_names) >= 2, chunk_names
+    shutil.rmtree(run / "results/scores")
+    shutil.rmtree(run / "logs/score_chunk", ignore_errors=True)
+
+    cmd = [
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(run),
+        "--configfile",
+        str(REPO / "config.yaml"),
+        str(QUICK),
+        "--cores",
+        "1",
+        SCORES,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=run,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 900
+    try:
+        while time.monotonic() < deadline:
+            done = _chunk_files(run)
+            logs = list((run / "logs/score_chunk").glob("*.log"))
+            if len(done) >= 1 and len(logs) > len(done):
+                break  # one chunk finished and the next one has started
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            pytest.fail("no chunk finished within 15 minutes")
+        time.sleep(1.0)  # let the running chunk get some way into its prompts
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+
+    finished = _chunk_files(run)
+    assert 1 <= len(finished) < len(chunk_names), sorted(finished)
+    stamps = {name: (p.stat().st_mtime_ns, p.read_bytes()) for name, p in finished.items()}
+    # nothing half-written that a re-run could trust
+    for path in finished.values():
+        pd.read_parquet(path)
+
+    snakemake("--unlock", workdir=run, overlays=(QUICK,))
+    again = snakemake("--cores", "2", SCORES, workdir=run, overlays=(QUICK,))
+    redone = set(re.findall(r"scatteritem=(\d+-of-\d+)", again.stdout + again.stderr))
+    assert redone == set(chunk_names) - set(finished), (sorted(redone), sorted(finished))
+    for name, (mtime, content) in stamps.items():
+        path = _chunk_files(run)[name]
+        assert path.stat().st_mtime_ns == mtime and path.read_bytes() == content, name
+
+    resumed = pd.read_parquet(run / SCORES)
+    assert list(resumed["prompt_id"]) == list(reference["prompt_id"])
+    np.testing.assert_allclose(resumed["d_mem"], reference["d_mem"], rtol=1e-5)
+    np.testing.assert_allclose(
+        np.stack(resumed["norms"]), np.stack(reference["norms"]), rtol=1e-5, atol=1e-7
+    )

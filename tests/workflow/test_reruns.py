@@ -1,0 +1,140 @@
+"""Honest incremental re-runs: each config or code change re-runs what it affects, no more.
+
+Every test copies the finished quick demo (``quick_run``), changes one thing and asks snakemake
+for a dry run, then reads which rules it would run and why.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import QUICK, REPO, QuickRun, snakemake
+
+pytestmark = pytest.mark.slow
+
+UPSTREAM = {"make_demo_corpus", "extract_prompts", "train_demo_model"}
+SCORING = {"score_chunk", "gather_scores"}
+
+
+def copy_run(quick_run: QuickRun, dest: Path) -> Path:
+    """A copy of the finished run (timestamps kept), outside the shared session folder."""
+    shutil.copytree(quick_run.workdir, dest, symlinks=True)
+    return dest
+
+
+def planned(proc) -> dict[str, list[str]]:
+    """Rule -> reasons of every job a dry run would execute."""
+    jobs: dict[str, list[str]] = {}
+    rule = None
+    for line in proc.stdout.splitlines():
+        match = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if match:
+            rule = match.group(1)
+            jobs.setdefault(rule, [])
+        elif rule and line.strip().startswith("reason:"):
+            jobs[rule].append(line.strip().removeprefix("reason:").strip())
+    jobs.pop("all", None)
+    return jobs
+
+
+def overlay(tmp_path: Path, changes: dict) -> Path:
+    base = yaml.safe_load(QUICK.read_text())
+    for block, values in changes.items():
+        base.setdefault(block, {}).update(values)
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def dry_run(workdir: Path, *overlays: Path, snakefile: Path | None = None) -> dict:
+    args = ["-n", "--cores", "2"]
+    if snakefile is not None:
+        args += ["--snakefile", str(snakefile)]
+    return planned(snakemake(*args, workdir=workdir, overlays=overlays or (QUICK,)))
+
+
+def test_unchanged_run_is_a_no_op(quick_run: QuickRun, tmp_path: Path):
+    assert dry_run(copy_run(quick_run, tmp_path / "run")) == {}
+
+
+def test_threshold_change_reruns_thresholding_and_downstream_only(
+    quick_run: QuickRun, tmp_path: Path
+):
+    run = copy_run(quick_run, tmp_path / "run")
+    jobs = dry_run(run, overlay(tmp_path, {"threshold": {"percentile": 97}}))
+    assert "threshold_scores" in jobs
+    assert any("Params have changed" in r for r in jobs["threshold_scores"]), jobs
+    assert "plot_score_distribution" in jobs  # reads the new threshold
+    assert not (UPSTREAM | SCORING) & set(jobs), sorted(jobs)
+
+
+def test_scoring_steps_change_reruns_scoring_not_training(quick_run: QuickRun, tmp_path: Path):
+    run = copy_run(quick_run, tmp_path / "run")
+    jobs = dry_run(run, overlay(tmp_path, {"scoring": {"steps": 20}}))
+    assert {"score_chunk", "gather_scores", "threshold_scores"} <= set(jobs)
+    assert not UPSTREAM & set(jobs), sorted(jobs)
+
+
+def test_model_change_reruns_scoring(quick_run: QuickRun, tmp_path: Path):
+    run = copy_run(quick_run, tmp_path / "run")
+    jobs = dry_run(run, overlay(tmp_path, {"model": {"dtype": "bfloat16"}}))
+    assert "score_chunk" in jobs
+    assert not {"make_demo_corpus", "extract_prompts", "train_demo_model"} & set(jobs)
+    # retraining the demo model (a different model) re-runs training and scoring
+    jobs = dry_run(run, overlay(tmp_path, {"train": {"seed": 1}}))
+    assert {"train_demo_model", "score_chunk"} <= set(jobs)
+    assert not {"make_demo_corpus", "extract_prompts"} & set(jobs)
+
+
+def test_chunk_count_change_reruns_no_score(quick_run: QuickRun, tmp_path: Path):
+    """--set-scatter changes only how the prompts are split; the gathered table is the same,
+    but snakemake cannot know that without running the chunks: it plans new chunk jobs and
+    nothing upstream of them."""
+    run = copy_run(quick_run, tmp_path / "run")
+    proc = snakemake(
+        "-n", "--cores", "2", "--set-scatter", "score=3", workdir=run, overlays=(QUICK,)
+    )
+    jobs = planned(proc)
+    assert "score_chunk" in jobs and not UPSTREAM & set(jobs)
+
+
+def test_figure_style_change_redraws_the_figure_only(quick_run: QuickRun, tmp_path: Path):
+    run = copy_run(quick_run, tmp_path / "run")
+    jobs = dry_run(run, overlay(tmp_path, {"figures": {"log_scores": True}}))
+    assert set(jobs) == {"plot_score_distribution"}, sorted(jobs)
+
+
+def _copy_code(dest: Path) -> Path:
+    """The repository's code (no venv, no results) in a new place."""
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy2(REPO / name, dest / name)
+    for name in ("workflow", "memaudit", "config", "profiles", "envs"):
+        shutil.copytree(
+            REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+    return dest / "Snakefile"
+
+
+def test_module_edit_reruns_the_stages_that_import_it(quick_run: QuickRun, tmp_path: Path):
+    run = copy_run(quick_run, tmp_path / "run")
+    code = tmp_path / "code"
+    code.mkdir()
+    snakefile = _copy_code(code)
+    # the code in a new place (new paths, new mtimes) re-runs nothing by itself
+    assert dry_run(run, snakefile=snakefile) == {}
+    module = code / "memaudit" / "thresholding.py"
+    module.write_text(module.read_text() + "\n# an edit\n")
+    jobs = dry_run(run, snakefile=snakefile)
+    assert {"threshold_scores", "plot_score_distribution", "evaluate_detection"} <= set(jobs)
+    assert any("Params have changed" in r for r in jobs["threshold_scores"]), jobs
+    assert not (UPSTREAM | SCORING) & set(jobs), sorted(jobs)
+    # an edit of a module that scoring imports re-runs scoring, not training
+    models = code / "memaudit" / "models.py"
+    models.write_text(models.read_text() + "\n# an edit\n")
+    jobs = dry_run(run, snakefile=snakefile)
+    assert "score_chunk" in jobs and "make_demo_corpus" not in jobs

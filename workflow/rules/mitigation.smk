@@ -1,0 +1,181 @@
+scattergather:
+    mitigate=config["mitigation"]["chunks"],
+
+
+rule select_mitigation_prompts:
+    input:
+        memorized="results/threshold/memorized_prompts.parquet",
+        ranked="results/threshold/ranked_prompts.parquet",
+        prompts="results/prompts/prompts.parquet",
+        truth=get_demo_truth(),
+    output:
+        prompts="results/mitigation/prompts.parquet",
+        vocabulary="results/mitigation/vocabulary.txt",
+        summary="results/mitigation/selection.json",
+    log:
+        "logs/select_mitigation_prompts.log",
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        code=code_version("mitigation"),
+        selection=mitigation_selection_spec(),
+        markers=config["reports"]["markers"],
+    script:
+        "../scripts/select_mitigation_prompts.py"
+
+
+rule generate_mitigations:
+    input:
+        prompts="results/mitigation/prompts.parquet",
+        vocabulary="results/mitigation/vocabulary.txt",
+        model=get_model_input(),
+    output:
+        images="results/mitigation/chunks/{scatteritem}.npz",
+        index="results/mitigation/chunks/{scatteritem}.parquet",
+        stats="results/mitigation/chunks/{scatteritem}.json",
+    log:
+        "logs/generate_mitigations/{scatteritem}.log",
+    benchmark:
+        "benchmarks/generate_mitigations/{scatteritem}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        code=code_version("mitigation"),
+        model=config["model"],
+        mitigation=mitigation_generation_spec(),
+        scoring=scoring_spec(),
+        markers=config["reports"]["markers"],
+    script:
+        "../scripts/generate_mitigations.py"
+
+
+rule gather_mitigations:
+    input:
+        index=gather.mitigate("results/mitigation/chunks/{scatteritem}.parquet"),
+        images=gather.mitigate("results/mitigation/chunks/{scatteritem}.npz"),
+        stats=gather.mitigate("results/mitigation/chunks/{scatteritem}.json"),
+        prompts="results/mitigation/prompts.parquet",
+    output:
+        generations="results/mitigation/generations.parquet",
+        stats="results/mitigation/generation_stats.json",
+    log:
+        "logs/gather_mitigations.log",
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        code=code_version("mitigation"),
+    script:
+        "../scripts/gather_mitigations.py"
+
+
+rule embed_training_images:
+    input:
+        unpack(get_training_image_inputs),
+    output:
+        embeddings="results/copies/train_embeddings.npy",
+        index="results/copies/train_images.parquet",
+        heldout="results/copies/heldout_neighbours.parquet",
+        reference="results/copies/reference.json",
+    log:
+        "logs/embed_training_images.log",
+    benchmark:
+        "benchmarks/embed_training_images.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=int(config["copy_detection"]["embedding"] == "torchvision"),
+    params:
+        code=code_version("copies"),
+        copy_detection=copy_embedding_spec(),
+    script:
+        "../scripts/embed_training_images.py"
+
+
+rule evaluate_mitigations:
+    input:
+        unpack(get_copy_reference),
+        generations="results/mitigation/generations.parquet",
+        images=gather.mitigate("results/mitigation/chunks/{scatteritem}.npz"),
+        prompts="results/mitigation/prompts.parquet",
+        generation_stats="results/mitigation/generation_stats.json",
+        threshold="results/threshold/threshold.json",
+        truth=get_demo_truth(),
+    output:
+        evaluation="results/mitigation/evaluation.parquet",
+        summary="results/mitigation/summary.parquet",
+        summary_json=report(
+            "results/mitigation/summary.json",
+            caption="../report/mitigation_summary.rst",
+            category="6. Mitigation",
+        ),
+    log:
+        "logs/evaluate_mitigations.log",
+    benchmark:
+        "benchmarks/evaluate_mitigations.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=int(config["copy_detection"]["embedding"] == "torchvision"),
+    params:
+        code=code_version("mitigation"),
+        strategies=config["mitigation"]["strategies"],
+        bootstrap=config["mitigation"]["bootstrap"],
+        seed=config["mitigation"]["seed"],
+        percentile=config["copy_detection"]["percentile"],
+        threshold=config["copy_detection"]["threshold"],
+    script:
+        "../scripts/evaluate_mitigations.py"
+
+
+rule plot_mitigation_grid:
+    input:
+        unpack(get_training_pixels),
+        evaluation="results/mitigation/evaluation.parquet",
+        summary_json="results/mitigation/summary.json",
+        images=gather.mitigate("results/mitigation/chunks/{scatteritem}.npz"),
+    output:
+        png=report(
+            "results/figures/fig4_mitigation_grid.png",
+            caption="../report/fig4_mitigation_grid.rst",
+            category="6. Mitigation",
+        ),
+        pdf="results/figures/fig4_mitigation_grid.pdf",
+    log:
+        "logs/plot_mitigation_grid.log",
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        code=code_version("mitigation"),
+        strategies=config["mitigation"]["strategies"],
+        n_prompts=config["figures"]["mitigation_prompts"],
+        n_seeds=config["figures"]["mitigation_seeds"],
+    script:
+        "../scripts/plot_mitigation_grid.py"
+
+
+rule plot_mitigation_diversity:
+    input:
+        evaluation="results/mitigation/evaluation.parquet",
+        summary="results/mitigation/summary.parquet",
+        summary_json="results/mitigation/summary.json",
+    output:
+        png=report(
+            "results/figures/mitigation_diversity.png",
+            caption="../report/mitigation_diversity.rst",
+            category="6. Mitigation",
+        ),
+        pdf="results/figures/mitigation_diversity.pdf",
+    log:
+        "logs/plot_mitigation_diversity.log",
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        code=code_version("mitigation"),
+        strategies=config["mitigation"]["strategies"],
+    script:
+        "../scripts/plot_mitigation_diversity.py"

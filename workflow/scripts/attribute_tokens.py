@@ -1,0 +1,30 @@
+"""Rule attribute_tokens: gradient significance, words and occlusion of one chunk (GPU)."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+
+import pandas as pd
+import torch
+
+from memaudit.attribution import AttributionSpec, attribute_chunk
+from memaudit.models import load_model
+
+torch.set_num_threads(snakemake.threads)
+index, total = map(int, snakemake.wildcards.scatteritem.split("-of-"))
+spec = AttributionSpec.from_dict(snakemake.params.attribution)
+stats = attribute_chunk(
+    load_model(snakemake.params.model),
+    pd.read_parquet(snakemake.input.prompts),
+    index - 1,
+    total,
+    spec.scoring_spec(snakemake.params.scoring),
+    spec.batch_size,
+    snakemake.params.markers,
+    dict(snakemake.output.items()),
+    progress=sys.stderr,
+)
+print(json.dumps(stats, indent=2, default=str))

@@ -1,0 +1,36 @@
+"""Rule embed_training_images: training-image embeddings and the held-out reference."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+
+import numpy as np
+import pandas as pd
+import torch
+
+from memaudit.copies import build_reference
+
+torch.set_num_threads(snakemake.threads)
+cfg = snakemake.params.copy_detection
+demo = None
+if not cfg["train_images"]:
+    demo = {
+        "studies": pd.read_parquet(snakemake.input.studies),
+        "report_map": pd.read_parquet(snakemake.input.report_map),
+        "images": np.load(snakemake.input.images),
+        "heldout": np.load(snakemake.input.heldout),
+    }
+meta = build_reference(
+    cfg,
+    snakemake.output.embeddings,
+    snakemake.output.index,
+    snakemake.output.heldout,
+    snakemake.output.reference,
+    demo=demo,
+    workers=snakemake.threads,
+    progress=sys.stderr,
+)
+print(json.dumps(meta, indent=2))

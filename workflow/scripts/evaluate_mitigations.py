@@ -1,0 +1,51 @@
+"""Rule evaluate_mitigations: diversity, mitigated d_mem and copy rate per prompt and strategy."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+
+import pandas as pd
+import torch
+
+from memaudit.atomic import atomic_parquet
+from memaudit.copies import CopyReference
+from memaudit.mitigation import evaluate_generations, summarize, summary_document, write_json
+
+torch.set_num_threads(snakemake.threads)
+params = snakemake.params
+reference = None
+if snakemake.input.get("embeddings"):
+    reference = CopyReference.load(
+        snakemake.input.embeddings,
+        snakemake.input.train_index,
+        snakemake.input.heldout,
+        snakemake.input.reference,
+        percentile=params.percentile,
+        fixed=params.threshold,
+    )
+truth = list(snakemake.input.truth)
+evaluation = evaluate_generations(
+    pd.read_parquet(snakemake.input.generations),
+    reference,
+    pd.read_parquet(truth[0]) if truth else None,
+    progress=sys.stderr,
+)
+threshold = json.loads(Path(snakemake.input.threshold).read_text())["threshold"]
+summary = summarize(evaluation, params.strategies, params.bootstrap, params.seed, threshold)
+document = summary_document(
+    summary,
+    evaluation,
+    pd.read_parquet(snakemake.input.prompts),
+    json.loads(Path(snakemake.input.generation_stats).read_text()),
+    reference,
+    None if reference is not None else "no training images configured (copy_detection)",
+    threshold,
+    params.bootstrap,
+)
+atomic_parquet(evaluation, snakemake.output.evaluation)
+atomic_parquet(summary, snakemake.output.summary)
+write_json(document, snakemake.output.summary_json)
+print(json.dumps(document, indent=2, default=str))

@@ -1,0 +1,33 @@
+"""Rule gather_attribution: one token, word, occlusion and prompt table from the chunks."""
+
+import sys
+from pathlib import Path
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+
+import pandas as pd
+
+from memaudit.atomic import write_atomically
+from memaudit.attribution import gather_tables
+
+tables = gather_tables(
+    {
+        kind: list(getattr(snakemake.input, kind))
+        for kind in ("tokens", "words", "occlusion", "prompts")
+    },
+    expected_ids=pd.read_parquet(snakemake.input.selected, columns=["prompt_id"])["prompt_id"],
+    word_score=snakemake.params.word_score,
+)
+write_atomically(
+    {
+        snakemake.output.tokens: tables.tokens,
+        snakemake.output.words: tables.words,
+        snakemake.output.occlusion: tables.occlusion,
+        snakemake.output.prompts: tables.prompts,
+    }
+)
+print(
+    f"gathered {len(tables.prompts)} prompts, {len(tables.words)} words and "
+    f"{len(tables.occlusion)} occlusion variants from {len(snakemake.input.prompts)} chunks"
+)

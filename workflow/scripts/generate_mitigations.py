@@ -1,0 +1,34 @@
+"""Rule generate_mitigations: mitigated generations of one chunk of prompts (GPU when present)."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+
+import pandas as pd
+import torch
+
+from memaudit.mitigation import MitigationSpec, generate_chunk
+from memaudit.models import load_model
+from memaudit.scoring import ScoringSpec
+
+torch.set_num_threads(snakemake.threads)
+index, total = map(int, snakemake.wildcards.scatteritem.split("-of-"))
+vocabulary = Path(snakemake.input.vocabulary).read_text(encoding="utf-8").split()
+stats = generate_chunk(
+    load_model(snakemake.params.model),
+    pd.read_parquet(snakemake.input.prompts),
+    index - 1,
+    total,
+    MitigationSpec.from_dict(snakemake.params.mitigation),
+    ScoringSpec.from_dict(snakemake.params.scoring),
+    list(snakemake.params.markers),
+    vocabulary,
+    snakemake.output.images,
+    snakemake.output.index,
+    progress=sys.stderr,
+)
+Path(snakemake.output.stats).write_text(json.dumps(stats, indent=2, default=str) + "\n")
+print(json.dumps(stats, indent=2, default=str))

@@ -1,0 +1,32 @@
+"""Rule make_share_bundle: results/share/, the audit's numbers without any report text."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+
+import pandas as pd
+
+from memaudit.share import build_share_bundle
+
+inputs = snakemake.input
+named = set(inputs.keys())  # a Namedlist: `in` alone would test its values
+summaries = {
+    name: json.loads(Path(inputs[name]).read_text())
+    for name in ("prompts", "threshold", "detection", "attribution", "mitigation")
+    if name in named
+}
+written = build_share_bundle(
+    Path(snakemake.output.readme).parent,
+    prompts=pd.read_parquet(inputs.prompt_table, columns=["prompt_id", "text"]),
+    ranked=pd.read_parquet(inputs.ranked),
+    report_map=pd.read_parquet(inputs.report_map),
+    stage_summaries=summaries,
+    word_types=pd.read_parquet(inputs.word_types) if "word_types" in named else None,
+    figures=list(inputs.figures),
+    min_word_prompts=snakemake.params.share["min_word_prompts"],
+    min_words=snakemake.params.share["leak_check_words"],
+)
+print(json.dumps(written, indent=2))

@@ -1,0 +1,19 @@
+"""Rule plot_token_attribution: Fig. 3, the most significant words of memorized prompts."""
+
+import sys
+from pathlib import Path
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+
+import pandas as pd
+
+from memaudit.attribution import plot_token_attribution
+
+plot_token_attribution(
+    pd.read_parquet(snakemake.input.words),
+    pd.read_parquet(snakemake.input.prompts),
+    snakemake.output.png,
+    n_prompts=snakemake.params.n_prompts,
+    top_n=snakemake.params.top_n,
+)

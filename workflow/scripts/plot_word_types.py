@@ -1,0 +1,17 @@
+"""Rule plot_word_types: word types of memorized prompts by top-1 rate and mean rank."""
+
+import sys
+from pathlib import Path
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+
+import pandas as pd
+
+from memaudit.attribution import plot_word_types
+
+plot_word_types(
+    pd.read_parquet(snakemake.input.word_types),
+    snakemake.output.png,
+    n_types=snakemake.params.n_types,
+)

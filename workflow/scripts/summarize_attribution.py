@@ -1,0 +1,30 @@
+"""Rule summarize_attribution: word-type statistics and finding 3 in numbers."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+
+import pandas as pd
+
+from memaudit.atomic import write_atomically
+from memaudit.attribution import AttributionSpec, summarize, word_type_table
+
+spec = AttributionSpec.from_dict(snakemake.params.attribution)
+words = pd.read_parquet(snakemake.input.words)
+occlusion = pd.read_parquet(snakemake.input.occlusion)
+prompts = pd.read_parquet(snakemake.input.prompts)
+word_types = word_type_table(words, occlusion, prompts, spec)
+summary = summarize(
+    words,
+    occlusion,
+    prompts,
+    word_types,
+    json.loads(Path(snakemake.input.selection).read_text()),
+    [json.loads(Path(p).read_text()) for p in snakemake.input.stats],
+    spec,
+)
+write_atomically({snakemake.output.word_types: word_types, snakemake.output.summary: summary})
+print(json.dumps(summary, indent=2))
