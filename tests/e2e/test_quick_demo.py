@@ -61,3 +61,51 @@ def test_corpus_images_match_studies(run: Path):
     images = np.load(run / "results/demo/corpus/images.npy")
     studies = pd.read_parquet(run / "results/demo/corpus/studies.parquet")
     assert images.shape[0] == len(studies) and images.dtype == np.uint8
+
+
+def test_detection_finds_the_planted_prompts(run: Path):
+    metrics = json.loads((run / "results/evaluation/detection.json").read_text())
+    truth = pd.read_parquet(run / "results/demo/corpus/truth.parquet")
+    assert metrics["n_planted_scored"] == len(truth)
+    # the quick model memorizes its planted captions: the full trajectory ranks them on top
+    assert metrics["windows"]["all_steps"]["auc"] >= 0.95, metrics["windows"]
+    assert metrics["windows"]["first_step"]["auc"] > 0.5, metrics["windows"]
+    per_step = pd.read_parquet(run / "results/evaluation/per_step_auc.parquet")
+    assert len(per_step) == metrics["n_steps"]
+
+
+def test_demo_model_reproduces_planted_images_only(run: Path):
+    check = json.loads((run / "results/model/memorization_check.json").read_text())
+    assert check["planted_reproduced_fraction"] >= 0.75, check
+    assert check["planted_seed_agreement"] > check["ordinary_seed_agreement"] + 0.3, check
+
+
+def test_threshold_and_marker_enrichment(run: Path):
+    stats = json.loads((run / "results/threshold/threshold.json").read_text())
+    ranked = pd.read_parquet(run / "results/threshold/ranked_prompts.parquet")
+    assert stats["n_memorized"] == int(ranked["memorized"].sum()) >= 1
+    assert stats["n_prompts"] == len(ranked)
+    assert 0 < stats["fisher_p"] <= 1
+
+
+def test_attribution_covers_every_planted_prompt(run: Path):
+    summary = json.loads((run / "results/attribution/summary.json").read_text())
+    truth = pd.read_parquet(run / "results/demo/corpus/truth.parquet")
+    words = pd.read_parquet(run / "results/attribution/words.parquet")
+    assert set(truth["prompt_id"]) <= set(words["prompt_id"])
+    n_triggers = int(truth["trigger_word"].notna().sum())
+    assert summary["trigger"]["gradient"]["n_prompts"] == n_triggers
+    # every trigger word is found as one word unit and ranked
+    triggers = words[words["is_trigger"]]
+    assert triggers["prompt_id"].nunique() == n_triggers
+    assert triggers["rank"].notna().all()
+
+
+def test_mitigation_table_has_every_strategy(run: Path):
+    summary = pd.read_parquet(run / "results/mitigation/summary.parquet")
+    evaluation = pd.read_parquet(run / "results/mitigation/evaluation.parquet")
+    expected = {"original", "rwa", "rna", "remove", "gni", "cwr", "rt", "embopt"}
+    assert expected <= set(summary["strategy"])
+    assert (evaluation["diversity"].dropna() >= 0).all()
+    for name in ("fig4_mitigation_grid", "mitigation_diversity", "fig3_token_attribution"):
+        assert (run / f"results/figures/{name}.png").stat().st_size > 10_000, name

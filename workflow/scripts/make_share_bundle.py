@@ -18,6 +18,9 @@ summaries = {
     for name in ("prompts", "threshold", "detection", "attribution", "mitigation")
     if name in named
 }
+# per-word rows live in word_types.parquet, filtered to common words; without their words
+# (strings are dropped) these rows would be anonymous numbers
+summaries.get("attribution", {}).pop("top_word_types", None)
 written = build_share_bundle(
     Path(snakemake.output.readme).parent,
     prompts=pd.read_parquet(inputs.prompt_table, columns=["prompt_id", "text"]),
