@@ -57,6 +57,9 @@ from memaudit.scoring import (
     score_embeddings,
     unet_eps,
 )
+from memaudit.scoring import (
+    auto_batch as scoring_auto_batch,
+)
 from memaudit.text import compile_markers, normalize_whitespace
 
 STRATEGIES = ("original", "rwa", "rna", "remove", "gni", "cwr", "rt", "embopt")
@@ -68,7 +71,6 @@ SELECTION_MODES = ("marker_memorized", "memorized")
 SELECTION_KEYS = frozenset({"prompts", "sample_size", "include_planted"})
 NON_GENERATION_KEYS = SELECTION_KEYS | frozenset({"chunks", "bootstrap"})
 # CPU "auto" batch: latent elements per UNet call (images × 2 × C × h × w).
-_CPU_AUTO_ELEMENTS = 2**18
 _GPU_MEMORY_SHARE = 0.7
 _MAX_AUTO_IMAGES = 1024
 _VAE_DECODE_BATCH = 8
@@ -581,21 +583,14 @@ def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def auto_batch(model: AuditModel) -> int:
     """Images per UNet call: a fixed latent-element budget on CPU, probed memory on a GPU."""
+
+    def probe() -> None:
+        uncond = model.encode([""])
+        latent = torch.zeros((1, *model.latent_shape), device=model.device)
+        sample_images(model, uncond, latent, uncond, 1, 1.0)
+
     elements = 2 * math.prod(model.latent_shape)
-    if model.device.type != "cuda":
-        return max(1, min(_MAX_AUTO_IMAGES, _CPU_AUTO_ELEMENTS // elements))
-    device = model.device
-    torch.cuda.synchronize(device)
-    torch.cuda.empty_cache()
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    uncond = model.encode([""])
-    probe = torch.zeros((1, *model.latent_shape), device=device)
-    sample_images(model, uncond, probe, uncond, 1, 1.0)
-    torch.cuda.synchronize(device)
-    per_image = max(1, torch.cuda.max_memory_allocated(device) - base)
-    free, _ = torch.cuda.mem_get_info(device)
-    return max(1, min(_MAX_AUTO_IMAGES, int(_GPU_MEMORY_SHARE * free // per_image)))
+    return scoring_auto_batch(model, elements, _MAX_AUTO_IMAGES, probe, _GPU_MEMORY_SHARE)
 
 
 def generate_grid(

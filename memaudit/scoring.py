@@ -30,7 +30,7 @@ import math
 import resource
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -226,33 +226,41 @@ def score_embeddings(
     return norms.reshape(n_prompts, n_gen, spec.computed_steps).cpu().numpy()
 
 
-def _cpu_auto_batch(model: AuditModel, spec: ScoringSpec) -> int:
-    """Prompts per batch on CPU: a fixed budget of latent elements per UNet call."""
-    elements = 2 * spec.generations * math.prod(model.latent_shape)
-    return max(1, min(_MAX_AUTO_PROMPTS, _CPU_AUTO_ELEMENTS // elements))
+def auto_batch(
+    model: AuditModel, unit_elements: int, cap: int, probe: Callable[[], Any], share: float
+) -> int:
+    """How many work units (a prompt's rows, an image) one batch may hold.
 
-
-def _gpu_auto_batch(model: AuditModel, spec: ScoringSpec, noise: torch.Tensor) -> int:
-    """Prompts per batch on a GPU, from the memory one probe prompt takes and the free memory.
-
-    The probe runs one later-step UNet call for one prompt (2 × generations rows) and measures
-    the peak memory above what was allocated before; the batch takes a fixed share of the free
-    memory. Over-estimates are caught later by halving on out-of-memory errors.
+    On CPU: a fixed budget of latent elements per UNet call (``unit_elements`` per unit). On a
+    GPU: ``probe()`` runs one unit; the peak memory it takes above what was allocated before
+    sets how many units fit in ``share`` of the free memory. Over-estimates are caught later by
+    halving on out-of-memory errors.
     """
-    device = model.device
+    device = torch.device(model.device)
+    if device.type != "cuda":
+        return max(1, min(cap, _CPU_AUTO_ELEMENTS // unit_elements))
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    uncond = model.encode([""])
-    sample = torch.cat([noise, noise])
-    embeddings = uncond.expand(sample.shape[0], -1, -1)
     with torch.no_grad():
-        unet_eps(model, sample, torch.tensor(999, device=device), embeddings)
+        probe()
     torch.cuda.synchronize(device)
-    per_prompt = max(1, torch.cuda.max_memory_allocated(device) - base)
+    per_unit = max(1, torch.cuda.max_memory_allocated(device) - base)
     free, _total = torch.cuda.mem_get_info(device)
-    return max(1, min(_MAX_AUTO_PROMPTS, int(_GPU_MEMORY_SHARE * free // per_prompt)))
+    return max(1, min(cap, int(share * free // per_unit)))
+
+
+def _auto_prompt_batch(model: AuditModel, spec: ScoringSpec, noise: torch.Tensor) -> int:
+    """Prompts per scoring batch; the GPU probe is one later-step call for one prompt."""
+
+    def probe() -> None:
+        sample = torch.cat([noise, noise])
+        embeddings = model.encode([""]).expand(sample.shape[0], -1, -1)
+        unet_eps(model, sample, torch.tensor(999, device=model.device), embeddings)
+
+    elements = 2 * spec.generations * math.prod(model.latent_shape)
+    return auto_batch(model, elements, _MAX_AUTO_PROMPTS, probe, _GPU_MEMORY_SHARE)
 
 
 def _peak_rss_mb() -> float:
@@ -296,10 +304,8 @@ def score_prompts(
         uncond = model.encode([""])
         if spec.batch_size != "auto":
             batch = int(spec.batch_size)
-        elif on_gpu:
-            batch = _gpu_auto_batch(model, spec, noise)
         else:
-            batch = _cpu_auto_batch(model, spec)
+            batch = _auto_prompt_batch(model, spec, noise)
     batch = max(1, min(batch, len(texts))) if texts else batch
     initial_batch = batch
     counters = {"unet_calls": 0, "unet_rows": 0}
