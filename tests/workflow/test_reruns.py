@@ -75,7 +75,7 @@ def test_threshold_change_reruns_thresholding_and_downstream_only(
 
 def test_scoring_steps_change_reruns_scoring_not_training(quick_run: QuickRun, tmp_path: Path):
     run = copy_run(quick_run, tmp_path / "run")
-    jobs = dry_run(run, overlay(tmp_path, {"scoring": {"steps": 20}}))
+    jobs = dry_run(run, overlay(tmp_path, {"scoring": {"steps": 10}}))
     assert {"score_chunk", "gather_scores", "threshold_scores"} <= set(jobs)
     assert not UPSTREAM & set(jobs), sorted(jobs)
 
@@ -106,7 +106,11 @@ def test_chunk_count_change_reruns_no_score(quick_run: QuickRun, tmp_path: Path)
 def test_figure_style_change_redraws_the_figure_only(quick_run: QuickRun, tmp_path: Path):
     run = copy_run(quick_run, tmp_path / "run")
     jobs = dry_run(run, overlay(tmp_path, {"figures": {"log_scores": True}}))
-    assert set(jobs) == {"plot_score_distribution"}, sorted(jobs)
+    # the figure, and the share bundle that holds a copy of it
+    assert set(jobs) == {"plot_score_distribution", "make_share_bundle"}, sorted(jobs)
+    assert any("Params have changed" in r for r in jobs["plot_score_distribution"]), jobs
+    jobs = dry_run(run, overlay(tmp_path, {"figures": {"attribution_top_n": 10}}))
+    assert set(jobs) == {"plot_token_attribution"}, sorted(jobs)
 
 
 def _copy_code(dest: Path) -> Path:
