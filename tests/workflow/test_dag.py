@@ -11,8 +11,9 @@ def planned_rules(stdout: str) -> set[str]:
     rules = set()
     for line in stdout.splitlines():
         line = line.strip()
-        if line.startswith("rule ") and line.endswith(":"):
-            rules.add(line[5:-1])
+        for prefix in ("rule ", "localrule "):
+            if line.startswith(prefix) and line.endswith(":"):
+                rules.add(line[len(prefix) : -1])
     return rules
 
 
@@ -35,3 +36,36 @@ def test_real_preset_dag_skips_the_demo(workdir: Path, tmp_path: Path):
     rules = planned_rules(proc.stdout)
     assert "extract_prompts" in rules
     assert "make_demo_corpus" not in rules
+
+
+def test_radedit_preset_dag_has_every_audit_stage_and_no_demo_rule(workdir: Path, tmp_path: Path):
+    reports = tmp_path / "mimic-cxr-reports.zip"
+    reports.write_bytes(b"PK\x05\x06" + b"\x00" * 18)  # an empty zip
+    split = tmp_path / "split.csv"
+    split.write_text("dicom_id,study_id,subject_id,split\nx,50000001,10000001,train\n")
+    overlay = tmp_path / "radedit.yaml"
+    overlay.write_text(
+        (REPO / "config/radedit_mimic.yaml")
+        .read_text()
+        .replace("/data/mimic-cxr/mimic-cxr-reports.zip", str(reports))
+        .replace("/data/mimic-cxr/mimic-cxr-2.0.0-split.csv", str(split))
+    )
+    rules = planned_rules(snakemake("-n", workdir=workdir, overlays=(overlay,)).stdout)
+    audit = {
+        "extract_prompts",
+        "score_chunk",
+        "threshold_scores",
+        "attribute_tokens",
+        "generate_mitigations",
+        "evaluate_mitigations",
+        "make_share_bundle",
+    }
+    assert audit <= rules, sorted(audit - rules)
+    demo_only = {
+        "make_demo_corpus",
+        "train_demo_model",
+        "check_demo_memorization",
+        "evaluate_detection",
+        "embed_training_images",  # no training images configured: copy detection skipped
+    }
+    assert not demo_only & rules, sorted(demo_only & rules)
