@@ -147,7 +147,9 @@ def tiny_bert_config(max_position_embeddings: int = 128) -> BertConfig:
     )
 
 
-def tiny_latent_unet(cross_attention_dim: int = TINY_TEXT_HIDDEN) -> UNet2DConditionModel:
+def tiny_latent_unet(
+    cross_attention_dim: int = TINY_TEXT_HIDDEN, attention_head_dim: int = 4
+) -> UNet2DConditionModel:
     """A latent-space UNet (4 channels, 8x8) with cross-attention at the 4x4 level."""
     torch.manual_seed(0)
     return UNet2DConditionModel(
@@ -158,10 +160,27 @@ def tiny_latent_unet(cross_attention_dim: int = TINY_TEXT_HIDDEN) -> UNet2DCondi
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         layers_per_block=1,
-        attention_head_dim=4,
+        attention_head_dim=attention_head_dim,
         norm_num_groups=4,
         cross_attention_dim=cross_attention_dim,
     )
+
+
+def prompt_sensitive_latent_unet(cross_attention_dim: int) -> UNet2DConditionModel:
+    """:func:`tiny_latent_unet` with its cross-attention amplified 10x, in eval mode.
+
+    At random init the prompt barely moves the prediction (cond - uncond is ~1e-4 of |eps| after
+    the first step), so float32 rounding of two nearly equal predictions would dominate
+    comparisons of scores, gradients and finite differences; a trained model is prompt-sensitive
+    at every step, and so is this one.
+    """
+    unet = tiny_latent_unet(cross_attention_dim, attention_head_dim=2)
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if name.endswith("attn2"):
+                module.to_v.weight.mul_(10.0)
+                module.to_out[0].weight.mul_(10.0)
+    return unet.eval()
 
 
 def tiny_vae() -> AutoencoderKL:

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from memaudit import attribution
@@ -46,7 +45,7 @@ from memaudit.models import AuditModel, radedit_scheduler
 from memaudit.scoring import ScoringSpec, fresh_scheduler, initial_noise, score_prompts
 from memaudit.text import compile_markers, prompt_id
 from memaudit.training import build_demo_model, train_tokenizer
-from tests.tiny_components import tiny_train_spec
+from tests.tiny_components import prompt_sensitive_latent_unet, tiny_train_spec
 
 CAPTIONS = [
     "Small left pleural effusions, unchanged since ___.",
@@ -82,31 +81,6 @@ def bert_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizer:
     return tokenizer
 
 
-def _amplified_unet() -> UNet2DConditionModel:
-    """Tiny latent UNet whose cross-attention is amplified 10x, so that the prompt moves the
-    prediction at every step (a random tiny UNet barely reacts to it) and gradients and finite
-    differences are well above float rounding."""
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        attention_head_dim=2,
-        norm_num_groups=4,
-        cross_attention_dim=HIDDEN,
-    )
-    with torch.no_grad():
-        for name, module in unet.named_modules():
-            if name.endswith("attn2"):
-                module.to_v.weight.mul_(10.0)
-                module.to_out[0].weight.mul_(10.0)
-    return unet.eval()
-
-
 @pytest.fixture(scope="module")
 def model(bert_tokenizer: BertTokenizer) -> AuditModel:
     """A tiny latent model with a BERT WordPiece tokenizer (RadEdit-like), float32 CPU."""
@@ -126,7 +100,7 @@ def model(bert_tokenizer: BertTokenizer) -> AuditModel:
         kind="radedit",
         tokenizer=bert_tokenizer,
         text_encoder=encoder,
-        unet=_amplified_unet(),
+        unet=prompt_sensitive_latent_unet(HIDDEN),
         scheduler=radedit_scheduler(),
         vae=None,
         vae_scaling_factor=1.0,

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from memaudit import scoring
@@ -26,6 +26,7 @@ from memaudit.scores import (
 )
 from memaudit.scoring import ScoringSpec, initial_noise, score_prompts
 from memaudit.text import prompt_id
+from tests.tiny_components import TINY_CAPTIONS, prompt_sensitive_latent_unet, tiny_audit_model
 
 CAPTIONS = [
     "no acute cardiopulmonary process .",
@@ -57,34 +58,6 @@ def _scheduler() -> DDIMScheduler:
         timestep_spacing="trailing",
         steps_offset=1,
     )
-
-
-def _unet() -> UNet2DConditionModel:
-    """Tiny random UNet whose cross-attention is amplified 10x.
-
-    At random init the prompt barely moves the prediction (cond - uncond is ~1e-4 of |eps| after
-    the first step), so float32 rounding of two nearly equal predictions would dominate the
-    comparisons below; a trained model is prompt-sensitive at every step, and so is this one.
-    """
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        attention_head_dim=2,
-        norm_num_groups=4,
-        cross_attention_dim=HIDDEN,
-    )
-    with torch.no_grad():
-        for name, module in unet.named_modules():
-            if name.endswith("attn2"):
-                module.to_v.weight.mul_(10.0)
-                module.to_out[0].weight.mul_(10.0)
-    return unet
 
 
 def _vae() -> AutoencoderKL:
@@ -123,7 +96,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> AuditModel:
         kind="diffusers",
         tokenizer=tokenizer,
         text_encoder=encoder,
-        unet=_unet().eval(),
+        unet=prompt_sensitive_latent_unet(HIDDEN),
         scheduler=_scheduler(),
         vae=_vae().eval(),
         vae_scaling_factor=0.18215,
@@ -421,9 +394,8 @@ def test_write_is_atomic_and_gather_checks(
 
 def test_pixel_space_demo_model_matches_naive_reference() -> None:
     """The shared tiny demo model (no VAE, 1x16x16 pixels, word-level tokenizer)."""
-    tiny_components = pytest.importorskip("tests.tiny_components")
-    model = tiny_components.tiny_audit_model("demo")
-    captions = tiny_components.TINY_CAPTIONS[:3]
+    model = tiny_audit_model("demo")
+    captions = TINY_CAPTIONS[:3]
     spec = ScoringSpec(steps=3, guidance=5.0, generations=2, batch_size=2, seed=7)
     table, _ = score_prompts(model, [prompt_id(c) for c in captions], captions, spec)
     for text, norms in zip(captions, table["norms"], strict=True):
