@@ -172,6 +172,9 @@ def run_loop(model: AuditModel, vae: AutoencoderKL, texts: list[str], spec: Scor
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    # The constructor silently switches clip_sample off (a diffusers deprecation shim), which
+    # would give the loop another trajectory than the demo model's clipped DDIM sampler.
+    pipe.scheduler = copy.deepcopy(model.scheduler)
     pipe.set_progress_bar_config(disable=True)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     side = model.latent_shape[1] * factor

@@ -153,6 +153,10 @@ def _pipeline_norms(model: AuditModel, text: str, spec: ScoringSpec) -> np.ndarr
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    # The pipeline's constructor silently turns clip_sample off (a deprecation shim); the
+    # reference must sample with the model's own scheduler, the demo's clipped one included.
+    pipe.scheduler = copy.deepcopy(model.scheduler)
+    assert pipe.scheduler.config.clip_sample == model.scheduler.config.clip_sample
     pipe.set_progress_bar_config(disable=True)
     cond = model.encode([text]).repeat(spec.generations, 1, 1)
     uncond = model.encode([""]).repeat(spec.generations, 1, 1)
@@ -209,11 +213,21 @@ def test_engine_matches_naive_reference(
     assert engine_scores["d_mem"].nunique() == len(prompts)
 
 
+@pytest.mark.parametrize("clip_sample", [False, True], ids=["radedit-ddim", "demo-clipped-ddim"])
 def test_engine_matches_stable_diffusion_pipeline(
-    tiny_model: AuditModel, prompts: pd.DataFrame, engine_scores: pd.DataFrame
+    tiny_model: AuditModel, prompts: pd.DataFrame, engine_scores: pd.DataFrame, clip_sample: bool
 ) -> None:
     pid, text = prompts["prompt_id"][1], prompts["text"][1]
-    reference = _pipeline_norms(tiny_model, text, SPEC)
+    model = tiny_model
+    if clip_sample:  # the demo model's sampler clips the predicted x0 (training.py)
+        model = copy.copy(tiny_model)
+        model.scheduler = DDIMScheduler.from_config(tiny_model.scheduler.config, clip_sample=True)
+        unclipped = _norms_of(engine_scores, pid, SPEC)
+        table, _ = score_prompts(model, [pid], [text], SPEC)
+        engine_scores = table.set_index("prompt_id")
+        # clipping must really change the trajectory, or this case would test nothing new
+        assert not np.allclose(_norms_of(engine_scores, pid, SPEC)[:, 1:], unclipped[:, 1:])
+    reference = _pipeline_norms(model, text, SPEC)
     # The score itself to 1e-5 relative. Late-step norms of a random tiny UNet are ~1e-4 of
     # |eps| (cond and uncond predictions nearly cancel), so float32 rounding of the two
     # predictions bounds their agreement in absolute terms, not relative ones.
