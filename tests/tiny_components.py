@@ -273,3 +273,20 @@ def make_tiny_diffusers_dir(path: str | Path, model_max_length: int = 24) -> Pat
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True
     ).save_pretrained(root / "scheduler")
     return root
+
+
+class OutOfMemoryUnet(torch.nn.Module):
+    """Wraps a UNet and raises a CUDA out-of-memory error for calls with more than ``max_rows``
+    rows, counting them in ``raised``: the out-of-memory fallback tested without a GPU."""
+
+    def __init__(self, unet: torch.nn.Module, max_rows: int) -> None:
+        super().__init__()
+        self.unet, self.max_rows, self.raised = unet, max_rows, 0
+
+    def forward(self, sample, timestep, encoder_hidden_states, return_dict=True):
+        if sample.shape[0] > self.max_rows:
+            self.raised += 1
+            raise torch.cuda.OutOfMemoryError("simulated: CUDA out of memory")
+        return self.unet(
+            sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=return_dict
+        )

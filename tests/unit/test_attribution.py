@@ -45,7 +45,7 @@ from memaudit.models import AuditModel, radedit_scheduler
 from memaudit.scoring import ScoringSpec, fresh_scheduler, initial_noise, score_prompts
 from memaudit.text import compile_markers, prompt_id
 from memaudit.training import build_demo_model, train_tokenizer
-from tests.tiny_components import prompt_sensitive_latent_unet, tiny_train_spec
+from tests.tiny_components import OutOfMemoryUnet, prompt_sensitive_latent_unet, tiny_train_spec
 
 CAPTIONS = [
     "Small left pleural effusions, unchanged since ___.",
@@ -285,27 +285,11 @@ def test_batch_size_and_chunks_change_no_result(model, selection, tmp_path: Path
     assert sorted(gathered.prompts["prompt_id"]) == sorted(selection["prompt_id"])
 
 
-class _OOMUnet(torch.nn.Module):
-    """Raises a CUDA out-of-memory error for calls with more than ``max_rows`` rows."""
-
-    def __init__(self, unet: torch.nn.Module, max_rows: int) -> None:
-        super().__init__()
-        self.unet, self.max_rows, self.raised = unet, max_rows, 0
-
-    def forward(self, sample, timestep, encoder_hidden_states, return_dict=True):
-        if sample.shape[0] > self.max_rows:
-            self.raised += 1
-            raise torch.cuda.OutOfMemoryError("simulated: CUDA out of memory")
-        return self.unet(
-            sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=return_dict
-        )
-
-
 def test_out_of_memory_halves_the_backward_batch(model, selection) -> None:
     spec = _spec(window=(0, 1), batch_size=1)
     reference, _ = attribute_prompts(model, selection, spec, 5, ["___"])
     fake = copy.copy(model)
-    fake.unet = _OOMUnet(model.unet, max_rows=2 * spec.generations)
+    fake.unet = OutOfMemoryUnet(model.unet, max_rows=2 * spec.generations)
     tables, stats = attribute_prompts(fake, selection, spec, 5, ["___"])
     assert stats["gradient"]["batch_size_initial"] == 5
     assert stats["gradient"]["batch_size_final"] == 2 and stats["gradient"]["oom_halvings"] == 1

@@ -26,7 +26,12 @@ from memaudit.scores import (
 )
 from memaudit.scoring import ScoringSpec, initial_noise, score_prompts
 from memaudit.text import prompt_id
-from tests.tiny_components import TINY_CAPTIONS, prompt_sensitive_latent_unet, tiny_audit_model
+from tests.tiny_components import (
+    TINY_CAPTIONS,
+    OutOfMemoryUnet,
+    prompt_sensitive_latent_unet,
+    tiny_audit_model,
+)
 
 CAPTIONS = [
     "no acute cardiopulmonary process .",
@@ -312,27 +317,12 @@ def test_d_mem_from_norms_windows() -> None:
         d_mem_from_norms(norms.reshape(-1), (0, 1))
 
 
-class _OOMUnet(torch.nn.Module):
-    """Wraps a UNet and raises a CUDA out-of-memory error for calls with too many rows."""
-
-    def __init__(self, unet: torch.nn.Module, max_rows: int) -> None:
-        super().__init__()
-        self.unet, self.max_rows, self.raised = unet, max_rows, 0
-
-    def forward(self, sample, timestep, encoder_hidden_states, return_dict=True):
-        if sample.shape[0] > self.max_rows:
-            self.raised += 1
-            raise torch.cuda.OutOfMemoryError("simulated: CUDA out of memory")
-        return self.unet(
-            sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=return_dict
-        )
-
-
 def test_out_of_memory_halves_the_batch(
     tiny_model: AuditModel, prompts: pd.DataFrame, engine_scores: pd.DataFrame
 ) -> None:
     fake = copy.copy(tiny_model)
-    fake.unet = _OOMUnet(tiny_model.unet, max_rows=2 * 2 * 2)  # at most 2 prompts x 2 gens x 2
+    # at most 2 prompts x 2 generations x 2 branches per call
+    fake.unet = OutOfMemoryUnet(tiny_model.unet, max_rows=2 * 2 * 2)
     spec = dataclasses.replace(SPEC, batch_size=7)
     table, stats = score_prompts(fake, prompts["prompt_id"], prompts["text"], spec)
     assert stats["batch_size_initial"] == 7
@@ -343,7 +333,7 @@ def test_out_of_memory_halves_the_batch(
         engine_scores["d_mem"].loc[table["prompt_id"]],
         rtol=1e-5,
     )
-    fake.unet = _OOMUnet(tiny_model.unet, max_rows=1)
+    fake.unet = OutOfMemoryUnet(tiny_model.unet, max_rows=1)
     with pytest.raises(RuntimeError, match="single prompt"):
         score_prompts(fake, ["a"], ["no pneumothorax ."], spec)
 
