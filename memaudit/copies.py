@@ -206,6 +206,13 @@ def _torchvision_network(spec: EmbeddingSpec, device: torch.device) -> torch.nn.
             "this environment; install a torchvision build matching torch, or set "
             "copy_detection.embedding: pixels"
         ) from err
+    except Exception as err:  # noqa: BLE001 - a build for another torch fails inside its import
+        raise ValueError(
+            f"copy_detection.embedding is 'torchvision' but torchvision does not load with torch "
+            f"{torch.__version__} ({type(err).__name__}: {err}); install the torchvision build "
+            "made for this torch (same version pairing and CPU/CUDA variant), or set "
+            "copy_detection.embedding: pixels"
+        ) from err
     if not spec.arch:
         raise ValueError(
             "copy_detection.torchvision.arch is required for the torchvision embedding "

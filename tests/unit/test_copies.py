@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from memaudit import copies
 from memaudit.copies import (
@@ -220,13 +223,97 @@ def test_read_image_handles_16_bit_and_rgb(tmp_path: Path) -> None:
         read_image(tmp_path / "c.png")
 
 
-def test_torchvision_embedding_errors_name_the_key(tmp_path: Path) -> None:
-    spec = EmbeddingSpec(kind="torchvision", arch="resnet18", weights=str(tmp_path / "w.pt"))
-    if importlib.util.find_spec("torchvision") is None:
-        with pytest.raises(ValueError, match="torchvision is not installed"):
-            Embedder(spec)
-    else:
-        with pytest.raises(ValueError, match="copy_detection.torchvision.weights"):
-            Embedder(spec)
+class _TinyNet(torch.nn.Module):
+    """Stands in for a torchvision classifier: features, then an ``fc`` head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3, stride=2),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(2),
+            torch.nn.Flatten(),
+        )
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+def _fake_torchvision() -> types.ModuleType:
+    """A stand-in ``torchvision`` whose ``models.get_model`` knows one architecture."""
+
+    def get_model(name: str, weights: object = None) -> torch.nn.Module:
+        assert weights is None  # nothing may be downloaded
+        if name != "tinynet":
+            raise ValueError(f"Unknown model {name}")
+        return _TinyNet()
+
+    module = types.ModuleType("torchvision")
+    module.models = types.SimpleNamespace(get_model=get_model)
+    return module
+
+
+def test_torchvision_embedding_reads_safetensors_drops_the_head_and_detects_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "torchvision", _fake_torchvision())
+    weights = tmp_path / "tinynet.safetensors"
+    save_file(_TinyNet().state_dict(), str(weights))
+    spec = EmbeddingSpec.from_config(
+        {
+            "embedding": "torchvision",
+            "torchvision": {"arch": "tinynet", "weights": str(weights), "input_size": 16},
+        }
+    )
+    embedder = Embedder(spec)
+    assert embedder.dimension == 16  # the 10-way fc head is gone: penultimate features
+    train, fresh = phantoms(12, seed=1), phantoms(3, seed=2)
+    reference = embedder(list(train))
+    np.testing.assert_allclose(np.linalg.norm(reference, axis=1), 1.0, rtol=1e-5)
+    similarity, rows = nearest_neighbours(embedder([train[5], *fresh]), reference)
+    assert rows[0] == 5 and similarity[0] == pytest.approx(1.0, abs=1e-5)
+    assert np.all(similarity[1:] < similarity[0] - 1e-4)
+
+
+def test_torchvision_embedding_errors_name_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = tmp_path / "tinynet.safetensors"
+    save_file(_TinyNet().state_dict(), str(weights))
+
+    def spec(**kw: object) -> EmbeddingSpec:
+        return EmbeddingSpec(
+            **{"kind": "torchvision", "arch": "tinynet", "weights": str(weights), **kw}
+        )
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # `import torchvision` fails
+    with pytest.raises(ValueError, match="torchvision is not installed"):
+        Embedder(spec())
+    broken = tmp_path / "broken"
+    (broken / "torchvision").mkdir(parents=True)
+    (broken / "torchvision" / "__init__.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist")\n'
+    )
+    monkeypatch.delitem(sys.modules, "torchvision")
+    monkeypatch.syspath_prepend(str(broken))
+    with pytest.raises(ValueError, match="does not load with torch.*nms does not exist"):
+        Embedder(spec())
+    monkeypatch.setitem(sys.modules, "torchvision", _fake_torchvision())
+    with pytest.raises(ValueError, match="copy_detection.torchvision.arch 'resnet9000'"):
+        Embedder(spec(arch="resnet9000"))
+    with pytest.raises(ValueError, match="copy_detection.torchvision.arch is required"):
+        Embedder(spec(arch=None))
+    with pytest.raises(ValueError, match="copy_detection.torchvision.weights .* is not a file"):
+        Embedder(spec(weights=str(tmp_path / "missing.safetensors")))
+    pickled = tmp_path / "w.pt"
+    torch.save(_TinyNet().state_dict(), pickled)
+    with pytest.raises(ValueError, match="not a .safetensors file; pickled"):
+        Embedder(spec(weights=str(pickled)))
+    other = tmp_path / "other.safetensors"
+    save_file({"fc.weight": torch.zeros(3, 3)}, str(other))
+    with pytest.raises(ValueError, match="do not fit tinynet"):
+        Embedder(spec(weights=str(other)))
     with pytest.raises(ValueError, match="copy_detection.embedding"):
         EmbeddingSpec(kind="clip")
