@@ -12,9 +12,12 @@ Embeddings (config ``copy_detection.embedding``):
 - ``pixels`` (default, weight-free): the image is centre-cropped to a square, area-averaged
   down to ``side`` x ``side`` pixels, its mean is subtracted and it is L2-normalised, so the
   cosine similarity of two embeddings is the Pearson correlation of their downsampled pixels.
-- ``torchvision``: the penultimate features of a torchvision architecture with local
-  safetensors weights (never unpickled, never downloaded), L2-normalised. Only available when
-  ``torchvision`` is importable.
+- ``torchvision`` / ``timm``: the penultimate (pooled) features of a torchvision or timm
+  architecture (``copy_detection.network.arch``) with local safetensors weights
+  (``copy_detection.network.weights``; never unpickled, never downloaded), L2-normalised. The
+  grayscale image is repeated over three channels and normalised with ImageNet statistics (a
+  timm model's own ``pretrained_cfg`` mean and std where it has them). Only available when the
+  package is importable.
 
 Training sets: on the demo the corpus images the model was trained on (``images.npy`` rows of
 the studies whose report became a prompt; identical planted copies are embedded once and keep
@@ -26,6 +29,7 @@ neighbours are found with chunked matrix products, so 377k training images fit i
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,8 +47,8 @@ from tqdm import tqdm
 from memaudit.atomic import atomic_npy, atomic_parquet
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-EMBEDDINGS = ("pixels", "torchvision")
-# ImageNet normalisation of torchvision's pretrained models.
+EMBEDDINGS = ("pixels", "torchvision", "timm")
+# ImageNet normalisation of torchvision's pretrained models (and timm's default).
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 # Rows of the training-embedding matrix per matrix product in the nearest-neighbour search.
@@ -76,14 +80,14 @@ class EmbeddingSpec:
             raise ValueError(f"copy_detection.side must be an integer >= 2, got {self.side!r}")
         if not isinstance(self.input_size, int) or self.input_size < 8:
             raise ValueError(
-                f"copy_detection.torchvision.input_size must be an integer >= 8, "
+                f"copy_detection.network.input_size must be an integer >= 8, "
                 f"got {self.input_size!r}"
             )
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> EmbeddingSpec:
         """From a config ``copy_detection`` block (other keys of the block are ignored)."""
-        tv = dict(cfg.get("torchvision") or {})
+        tv = dict(cfg.get("network") or {})
         return cls(
             kind=cfg.get("embedding", "pixels"),
             side=int(cfg.get("side", 32)),
@@ -162,7 +166,9 @@ class Embedder:
     def __init__(self, spec: EmbeddingSpec, device: str | torch.device = "cpu") -> None:
         self.spec = spec
         self.device = torch.device(device)
-        self._network = _torchvision_network(spec, self.device) if spec.kind != "pixels" else None
+        self._network, self._mean, self._std = None, _IMAGENET_MEAN, _IMAGENET_STD
+        if spec.kind != "pixels":
+            self._network, self._mean, self._std = _feature_network(spec, self.device)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         return square_resample(image, self.spec.prepared_side).astype(np.float32)
@@ -172,8 +178,8 @@ class Embedder:
             return pixel_embedding(prepared)
         x = torch.from_numpy(np.asarray(prepared, dtype=np.float32))[:, None]
         x = x.expand(-1, 3, -1, -1)
-        mean = torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1)
+        mean = torch.tensor(self._mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self._std, dtype=torch.float32).view(1, 3, 1, 1)
         x = ((x - mean) / std).to(self.device)
         with torch.no_grad():
             features = self._network(x).flatten(1).float()
@@ -196,58 +202,75 @@ class Embedder:
         return int(self.embed_prepared(probe).shape[1])
 
 
-def _torchvision_network(spec: EmbeddingSpec, device: torch.device) -> torch.nn.Module:
-    """A torchvision architecture with local safetensors weights and its classifier removed."""
+def _import_backend(kind: str) -> Any:
+    """The torchvision or timm module, or a ValueError saying why it cannot be used."""
     try:
-        import torchvision  # noqa: PLC0415 - optional dependency, imported only when chosen
+        return importlib.import_module(kind)
     except ImportError as err:
         raise ValueError(
-            "copy_detection.embedding is 'torchvision' but torchvision is not installed in "
-            "this environment; install a torchvision build matching torch, or set "
+            f"copy_detection.embedding is {kind!r} but {kind} is not installed in this "
+            f"environment; install a {kind} build matching torch, or set "
             "copy_detection.embedding: pixels"
         ) from err
     except Exception as err:  # noqa: BLE001 - a build for another torch fails inside its import
         raise ValueError(
-            f"copy_detection.embedding is 'torchvision' but torchvision does not load with torch "
-            f"{torch.__version__} ({type(err).__name__}: {err}); install the torchvision build "
-            "made for this torch (same version pairing and CPU/CUDA variant), or set "
+            f"copy_detection.embedding is {kind!r} but {kind} does not load with torch "
+            f"{torch.__version__} ({type(err).__name__}: {err}); install the {kind} build made "
+            "for this torch (same version pairing and CPU/CUDA variant), or set "
             "copy_detection.embedding: pixels"
         ) from err
+
+
+def _feature_network(
+    spec: EmbeddingSpec, device: torch.device
+) -> tuple[torch.nn.Module, tuple[float, ...], tuple[float, ...]]:
+    """(network without its classifier, input mean, input std) of a torchvision or timm
+    architecture with local safetensors weights."""
+    backend = _import_backend(spec.kind)
     if not spec.arch:
         raise ValueError(
-            "copy_detection.torchvision.arch is required for the torchvision embedding "
-            "(e.g. resnet50)"
+            f"copy_detection.network.arch is required for the {spec.kind} embedding (e.g. resnet50)"
         )
     weights = Path(spec.weights or "")
     if not spec.weights or not weights.is_file():
         raise ValueError(
-            f"copy_detection.torchvision.weights {spec.weights!r} is not a file; point it at "
+            f"copy_detection.network.weights {spec.weights!r} is not a file; point it at "
             "local safetensors weights of the architecture (nothing is downloaded)"
         )
     if weights.suffix != ".safetensors":
         raise ValueError(
-            f"copy_detection.torchvision.weights {str(weights)!r} is not a .safetensors file; "
+            f"copy_detection.network.weights {str(weights)!r} is not a .safetensors file; "
             "pickled checkpoints are never loaded"
         )
     from safetensors.torch import load_file  # noqa: PLC0415
 
     try:
-        network = torchvision.models.get_model(spec.arch, weights=None)
-    except ValueError as err:
+        if spec.kind == "timm":
+            network = backend.create_model(spec.arch, pretrained=False)
+        else:
+            network = backend.models.get_model(spec.arch, weights=None)
+    except (ValueError, RuntimeError, KeyError) as err:
         raise ValueError(
-            f"copy_detection.torchvision.arch {spec.arch!r} is not a torchvision model: {err}"
+            f"copy_detection.network.arch {spec.arch!r} is not a {spec.kind} model: {err}"
         ) from err
     try:
         network.load_state_dict(load_file(str(weights)), strict=True)
     except RuntimeError as err:
         raise ValueError(
-            f"copy_detection.torchvision.weights {str(weights)!r} do not fit {spec.arch}: {err}"
+            f"copy_detection.network.weights {str(weights)!r} do not fit {spec.arch}: {err}"
         ) from err
-    for head in ("fc", "classifier", "head", "heads"):
-        if hasattr(network, head):
-            setattr(network, head, torch.nn.Identity())
-            break
-    return network.eval().to(device)
+    mean, std = _IMAGENET_MEAN, _IMAGENET_STD
+    if spec.kind == "timm":
+        network.reset_classifier(0)  # pooled penultimate features
+        cfg = getattr(network, "pretrained_cfg", None) or {}
+        if len(cfg.get("mean") or ()) == 3 and len(cfg.get("std") or ()) == 3:
+            mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
+    else:
+        for head in ("fc", "classifier", "head", "heads"):
+            if hasattr(network, head):
+                setattr(network, head, torch.nn.Identity())
+                break
+    return network.eval().to(device), mean, std
 
 
 # --------------------------------------------------------------------------------------------

@@ -261,12 +261,8 @@ def test_torchvision_embedding_reads_safetensors_drops_the_head_and_detects_copi
     monkeypatch.setitem(sys.modules, "torchvision", _fake_torchvision())
     weights = tmp_path / "tinynet.safetensors"
     save_file(_TinyNet().state_dict(), str(weights))
-    spec = EmbeddingSpec.from_config(
-        {
-            "embedding": "torchvision",
-            "torchvision": {"arch": "tinynet", "weights": str(weights), "input_size": 16},
-        }
-    )
+    network = {"arch": "tinynet", "weights": str(weights), "input_size": 16}
+    spec = EmbeddingSpec.from_config({"embedding": "torchvision", "network": network})
     embedder = Embedder(spec)
     assert embedder.dimension == 16  # the 10-way fc head is gone: penultimate features
     train, fresh = phantoms(12, seed=1), phantoms(3, seed=2)
@@ -275,6 +271,52 @@ def test_torchvision_embedding_reads_safetensors_drops_the_head_and_detects_copi
     similarity, rows = nearest_neighbours(embedder([train[5], *fresh]), reference)
     assert rows[0] == 5 and similarity[0] == pytest.approx(1.0, abs=1e-5)
     assert np.all(similarity[1:] < similarity[0] - 1e-4)
+
+
+class _TinyTimmNet(_TinyNet):
+    """Stands in for a timm model: ``reset_classifier`` and a ``pretrained_cfg``."""
+
+    pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+
+    def reset_classifier(self, num_classes: int) -> None:
+        assert num_classes == 0
+        self.fc = torch.nn.Identity()
+
+
+def _fake_timm() -> types.ModuleType:
+    def create_model(name: str, pretrained: bool = True) -> torch.nn.Module:
+        assert pretrained is False  # nothing may be downloaded
+        if name != "tinynet":
+            raise RuntimeError(f"Unknown model ({name})")
+        return _TinyTimmNet()
+
+    module = types.ModuleType("timm")
+    module.create_model = create_model
+    return module
+
+
+def test_timm_embedding_uses_pooled_features_and_the_models_normalisation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "timm", _fake_timm())
+    weights = tmp_path / "tinynet.safetensors"
+    save_file(_TinyTimmNet().state_dict(), str(weights))
+    network = {"arch": "tinynet", "weights": str(weights), "input_size": 16}
+    embedder = Embedder(EmbeddingSpec.from_config({"embedding": "timm", "network": network}))
+    assert embedder.dimension == 16
+    images = phantoms(4, seed=3)
+    prepared = np.stack([embedder.prepare(image) for image in images])
+    # reference: the same weights, classifier dropped, the model's own mean and std
+    reference_net = _TinyTimmNet().eval()
+    with torch.no_grad():
+        x = (torch.from_numpy(prepared)[:, None].expand(-1, 3, -1, -1) - 0.5) / 0.25
+        expected = torch.nn.functional.normalize(reference_net.features(x), dim=1).numpy()
+    np.testing.assert_allclose(embedder(list(images)), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="copy_detection.network.arch 'vit_huge'.*timm model"):
+        Embedder(EmbeddingSpec(kind="timm", arch="vit_huge", weights=str(weights)))
+    monkeypatch.setitem(sys.modules, "timm", None)
+    with pytest.raises(ValueError, match="but timm is not installed"):
+        Embedder(EmbeddingSpec(kind="timm", arch="tinynet", weights=str(weights)))
 
 
 def test_torchvision_embedding_errors_name_the_key(
@@ -301,11 +343,11 @@ def test_torchvision_embedding_errors_name_the_key(
     with pytest.raises(ValueError, match="does not load with torch.*nms does not exist"):
         Embedder(spec())
     monkeypatch.setitem(sys.modules, "torchvision", _fake_torchvision())
-    with pytest.raises(ValueError, match="copy_detection.torchvision.arch 'resnet9000'"):
+    with pytest.raises(ValueError, match="copy_detection.network.arch 'resnet9000'"):
         Embedder(spec(arch="resnet9000"))
-    with pytest.raises(ValueError, match="copy_detection.torchvision.arch is required"):
+    with pytest.raises(ValueError, match="copy_detection.network.arch is required"):
         Embedder(spec(arch=None))
-    with pytest.raises(ValueError, match="copy_detection.torchvision.weights .* is not a file"):
+    with pytest.raises(ValueError, match="copy_detection.network.weights .* is not a file"):
         Embedder(spec(weights=str(tmp_path / "missing.safetensors")))
     pickled = tmp_path / "w.pt"
     torch.save(_TinyNet().state_dict(), pickled)

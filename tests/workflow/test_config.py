@@ -104,8 +104,16 @@ def write_config(tmp_path: Path, mutate) -> Path:
             lambda c: c.update(demo={**c["demo"], "enabled": False}),
             "key 'reports.path': path 'results/demo/corpus/files' does not exist",
         ),
+        (
+            lambda c: c["copy_detection"].update(embedding="timm"),
+            "key 'copy_detection.network': the timm embedding needs both arch and weights",
+        ),
+        (
+            lambda c: c["copy_detection"].update(train_images="results/demo/corpus/files"),
+            "key 'copy_detection.heldout_images'",
+        ),
     ],
-    ids=["typo", "type", "missing-path"],
+    ids=["typo", "type", "missing-path", "network-without-weights", "copies-without-heldout"],
 )
 def test_snakemake_fails_before_any_job(workdir: Path, tmp_path: Path, mutate, expected: str):
     bad = write_config(tmp_path, mutate)

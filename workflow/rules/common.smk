@@ -24,7 +24,7 @@ try:
             "copy_detection.train_images": copies["train_images"],
             "copy_detection.train_list": copies["train_list"],
             "copy_detection.heldout_images": copies["heldout_images"],
-            "copy_detection.torchvision.weights": copies["torchvision"]["weights"],
+            "copy_detection.network.weights": copies["network"]["weights"],
         },
         produced=["results/demo/corpus/files"] if config["demo"]["enabled"] else [],
     )
@@ -38,12 +38,12 @@ try:
             "threshold needs held-out real images when copy_detection.train_images is set "
             "(or set a fixed copy_detection.threshold)"
         )
-    if copies["embedding"] == "torchvision" and not (
-        copies["torchvision"]["arch"] and copies["torchvision"]["weights"]
+    if copies["embedding"] != "pixels" and not (
+        copies["network"]["arch"] and copies["network"]["weights"]
     ):
         raise ConfigError(
-            "invalid configuration:\n  config: key 'copy_detection.torchvision': the "
-            "torchvision embedding needs both arch and weights (local .safetensors)"
+            "invalid configuration:\n  config: key 'copy_detection.network': the "
+            f"{copies['embedding']} embedding needs both arch and weights (local .safetensors)"
         )
     if config["model"]["kind"] == "demo" and not config["demo"]["enabled"]:
         raise ConfigError(

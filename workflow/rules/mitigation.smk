@@ -87,7 +87,7 @@ rule embed_training_images:
         "../../envs/torch.yaml"
     threads: 2
     resources:
-        gpu=int(config["copy_detection"]["embedding"] == "torchvision"),
+        gpu=int(config["copy_detection"]["embedding"] != "pixels"),
     params:
         code=code_version("copies"),
         copy_detection=copy_embedding_spec(),
@@ -120,7 +120,7 @@ rule evaluate_mitigations:
         "../../envs/torch.yaml"
     threads: 2
     resources:
-        gpu=int(config["copy_detection"]["embedding"] == "torchvision"),
+        gpu=int(config["copy_detection"]["embedding"] != "pixels"),
     params:
         code=code_version("mitigation"),
         strategies=config["mitigation"]["strategies"],
