@@ -419,7 +419,7 @@ def gradient_pass(
     On a GPU a batch that runs out of memory is re-run with half as many prompts (kept for the
     rest of the pass); the statistics say how often.
     """
-    from memaudit.scoring import initial_noise
+    from memaudit.scoring import initial_noise, run_halving_batches
 
     n = int(input_ids.shape[0])
     start_time = time.perf_counter()
@@ -432,35 +432,24 @@ def gradient_pass(
         uncond = model.encode([""])
     counters = {"unet_calls": 0, "unet_rows": 0}
     batch = max(1, min(int(batch_size), n)) if n else int(batch_size)
-    initial_batch, halvings = batch, 0
-    parts: list[Significance] = []
+    initial_batch = batch
     bar = tqdm(total=n, unit="prompt", desc="gradient", file=progress, disable=progress is None)
-    position = 0
-    while position < n:
-        size = min(batch, n - position)
-        try:
-            with torch.no_grad():
-                cond = model.encode_ids(input_ids[position : position + size])
-            part = token_significance(model, cond, spec, noise, uncond, counters)
-        except torch.cuda.OutOfMemoryError as err:
-            if size == 1:
-                raise RuntimeError(
-                    "out of GPU memory attributing a single prompt; use a smaller model dtype, "
-                    "fewer generations or a shorter attribution.window"
-                ) from err
-            part = None
-        if part is None:
-            batch, halvings = max(1, size // 2), halvings + 1
-            if on_gpu:
-                torch.cuda.empty_cache()
-            tqdm.write(
-                f"out of memory with {size} prompts per backward pass; retrying with {batch}",
-                file=progress,
-            )
-            continue
-        parts.append(part)
-        position += size
-        bar.update(size)
+
+    def step(position: int, size: int) -> Significance:
+        with torch.no_grad():
+            cond = model.encode_ids(input_ids[position : position + size])
+        return token_significance(model, cond, spec, noise, uncond, counters)
+
+    parts, batch, halvings = run_halving_batches(
+        n,
+        batch,
+        step,
+        "prompts per backward pass",
+        "out of GPU memory attributing a single prompt; use a smaller model dtype, fewer "
+        "generations or a shorter attribution.window",
+        progress,
+        bar,
+    )
     bar.close()
     start, stop = spec.window_bounds()
     if parts:

@@ -54,6 +54,7 @@ from memaudit.scoring import (
     ScoringSpec,
     fresh_scheduler,
     initial_noise,
+    run_halving_batches,
     score_embeddings,
     unet_eps,
 )
@@ -615,29 +616,28 @@ def generate_grid(
     batch = auto_batch(model) if batch_size == "auto" else int(batch_size)
     total = n_rows * n_seeds
     bar = tqdm(total=total, unit="img", desc="generate", file=progress, disable=progress is None)
-    halvings, position = 0, 0
     start = time.perf_counter()
-    while position < total:
-        jobs = np.arange(position, min(total, position + batch))
+
+    def step(position: int, size: int) -> None:
+        jobs = np.arange(position, position + size)
         rows, seeds = jobs // n_seeds, jobs % n_seeds
-        try:
-            images = sample_images(model, cond[rows], noise[seeds], uncond, steps, guidance)
-        except torch.cuda.OutOfMemoryError as err:
-            if len(jobs) == 1:
-                raise RuntimeError("out of GPU memory generating a single image") from err
-            images = None
-        if images is None:
-            batch, halvings = max(1, len(jobs) // 2), halvings + 1
-            torch.cuda.empty_cache()
-            continue
+        images = sample_images(model, cond[rows], noise[seeds], uncond, steps, guidance)
         if images.shape[-2:] != (side, side):
             raise ValueError(
                 f"decoded images are {tuple(images.shape[-2:])}, expected the model's "
                 f"image_size {side}"
             )
         out[rows, seeds] = to_uint8(images)
-        position += len(jobs)
-        bar.update(len(jobs))
+
+    _, batch, halvings = run_halving_batches(
+        total,
+        batch,
+        step,
+        "images per batch",
+        "out of GPU memory generating a single image",
+        progress,
+        bar,
+    )
     bar.close()
     seconds = time.perf_counter() - start
     stats = {

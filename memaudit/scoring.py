@@ -164,18 +164,6 @@ def fresh_scheduler(model: AuditModel, steps: int, device: torch.device) -> Any:
     return scheduler
 
 
-def _score_batch(
-    model: AuditModel,
-    texts: Sequence[str],
-    spec: ScoringSpec,
-    noise: torch.Tensor,
-    uncond: torch.Tensor,
-    counters: dict[str, int],
-) -> np.ndarray:
-    """Per-step norms [prompts, generations, computed_steps] for one batch of prompts."""
-    return score_embeddings(model, model.encode(list(texts)), spec, noise, uncond, counters)
-
-
 @torch.no_grad()
 def score_embeddings(
     model: AuditModel,
@@ -263,6 +251,50 @@ def _auto_prompt_batch(model: AuditModel, spec: ScoringSpec, noise: torch.Tensor
     return auto_batch(model, elements, _MAX_AUTO_PROMPTS, probe, _GPU_MEMORY_SHARE)
 
 
+def run_halving_batches(
+    total: int,
+    batch: int,
+    step: Callable[[int, int], Any],
+    unit: str,
+    single_error: str,
+    progress: TextIO | None = None,
+    bar: tqdm | None = None,
+) -> tuple[list[Any], int, int]:
+    """Run ``step(position, size)`` over items [0, total) in batches of at most ``batch``.
+
+    A batch that raises a CUDA out-of-memory error is re-run with half as many items, and the
+    halved size is kept for the rest of the pass; a single item that does not fit raises
+    RuntimeError(``single_error``). ``unit`` names the batch in the log line (e.g. "prompts per
+    batch"). Returns (the step results in order, the final batch size, the number of halvings).
+    """
+    parts: list[Any] = []
+    halvings, position = 0, 0
+    while position < total:
+        size = min(batch, total - position)
+        failed = False
+        try:
+            part = step(position, size)
+        except torch.cuda.OutOfMemoryError as err:
+            if size == 1:
+                raise RuntimeError(single_error) from err
+            failed = True
+        if failed:
+            # Outside the except clause, so the failed batch's tensors are released.
+            batch, halvings = max(1, size // 2), halvings + 1
+            if torch.cuda.is_initialized():
+                torch.cuda.empty_cache()
+            tqdm.write(
+                f"out of memory with {size} {unit}; retrying with {batch}",
+                file=progress or sys.stderr,
+            )
+            continue
+        parts.append(part)
+        position += size
+        if bar is not None:
+            bar.update(size)
+    return parts, batch, halvings
+
+
 def _peak_rss_mb() -> float:
     """Peak resident memory of this process in MiB (Linux reports ru_maxrss in KiB)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -309,40 +341,25 @@ def score_prompts(
     batch = max(1, min(batch, len(texts))) if texts else batch
     initial_batch = batch
     counters = {"unet_calls": 0, "unet_rows": 0}
-    halvings = 0
-    results: list[np.ndarray] = []
     bar = tqdm(
         total=len(texts), unit="prompt", desc="d_mem", file=progress, disable=progress is None
     )
-    position = 0
+
+    def step(position: int, size: int) -> np.ndarray:
+        cond = model.encode(texts[position : position + size])
+        return score_embeddings(model, cond, spec, noise, uncond, counters)
+
     with torch.no_grad():
-        while position < len(texts):
-            size = min(batch, len(texts) - position)
-            try:
-                norms = _score_batch(
-                    model, texts[position : position + size], spec, noise, uncond, counters
-                )
-            except torch.cuda.OutOfMemoryError as err:
-                if size == 1:
-                    raise RuntimeError(
-                        "out of GPU memory scoring a single prompt; use a smaller model dtype "
-                        "or fewer generations"
-                    ) from err
-                norms = None
-            if norms is None:
-                # Outside the except clause, so the failed batch's tensors are released.
-                batch = max(1, size // 2)
-                halvings += 1
-                if on_gpu:
-                    torch.cuda.empty_cache()
-                tqdm.write(
-                    f"out of memory with {size} prompts per batch; retrying with {batch}",
-                    file=progress or sys.stderr,
-                )
-                continue
-            results.append(norms)
-            position += size
-            bar.update(size)
+        results, batch, halvings = run_halving_batches(
+            len(texts),
+            batch,
+            step,
+            "prompts per batch",
+            "out of GPU memory scoring a single prompt; use a smaller model dtype or fewer "
+            "generations",
+            progress,
+            bar,
+        )
     bar.close()
     seconds = time.perf_counter() - start_time
     start, stop = spec.window_bounds()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -43,7 +44,7 @@ from memaudit.models import AuditModel
 from memaudit.scoring import ScoringSpec, initial_noise, score_prompts
 from memaudit.text import prompt_id
 from memaudit.training import build_demo_model
-from tests.tiny_components import tiny_train_spec
+from tests.tiny_components import OutOfMemoryUnet, tiny_train_spec
 
 MARKERS = ["___"]
 PATTERN = marker_pattern(MARKERS)
@@ -375,6 +376,24 @@ def test_seed_index_gives_the_same_start_for_every_prompt_and_strategy(
         assert all(np.array_equal(images[0, s], images[r, s]) for r in range(1, 3))
     assert not np.array_equal(images[0, 0], images[0, 1])
     torch.testing.assert_close(initial_noise(model.latent_shape, 5, seed=5)[:3], noise)
+
+
+def test_generation_out_of_memory_halves_the_batch_and_keeps_the_images(
+    model: AuditModel,
+) -> None:
+    cond = model.encode(CAPTIONS[:2])
+    noise = initial_noise(model.latent_shape, 3, seed=5)
+    uncond = model.encode([""])
+    reference, _ = generate_grid(model, cond, noise, uncond, steps=2, guidance=3.0, batch_size=6)
+    fake = copy.copy(model)
+    fake.unet = OutOfMemoryUnet(model.unet, max_rows=2 * 2)  # 2 images x 2 branches per call
+    images, stats = generate_grid(fake, cond, noise, uncond, steps=2, guidance=3.0, batch_size=6)
+    assert stats["batch_size_final"] == 1 and stats["oom_halvings"] == 2  # 6 -> 3 -> 1
+    assert fake.unet.raised == 2
+    np.testing.assert_array_equal(images, reference)
+    fake.unet = OutOfMemoryUnet(model.unet, max_rows=1)
+    with pytest.raises(RuntimeError, match="single image"):
+        generate_grid(fake, cond, noise, uncond, steps=2, guidance=3.0, batch_size=2)
 
 
 def test_generation_index_and_images(generated, prompts: pd.DataFrame) -> None:
