@@ -59,15 +59,34 @@ def atomic_npy(path: str | Path, array: np.ndarray) -> None:
     atomic_write(path, lambda handle: np.save(handle, array))
 
 
-def json_default(value: Any) -> Any:
-    """JSON for numpy scalars and arrays (non-finite floats become null), else ``str``."""
-    if isinstance(value, np.integer):
+def finite_or_none(value: Any) -> float | None:
+    """A finite float for JSON, or None (for None, NaN and infinities)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON values, recursively: numpy scalars and arrays become Python ones and every
+    non-finite float (``float`` or numpy, NaN or infinite) becomes None."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
         return int(value)
-    if isinstance(value, np.floating):
-        return float(value) if math.isfinite(float(value)) else None
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+    if isinstance(value, (float, np.floating)):
+        return finite_or_none(value)
+    return value
+
+
+def json_text(document: Any) -> str:
+    """A JSON document as written by this package: :func:`json_safe`, indented, other objects
+    as ``str``, a final newline."""
+    return json.dumps(json_safe(document), indent=2, default=str, allow_nan=False) + "\n"
 
 
 def write_atomically(items: Mapping[str | Path, pd.DataFrame | dict]) -> None:
@@ -86,7 +105,7 @@ def write_atomically(items: Mapping[str | Path, pd.DataFrame | dict]) -> None:
             if isinstance(value, pd.DataFrame):
                 value.to_parquet(temp, index=False)
             else:
-                temp.write_text(json.dumps(value, indent=2, default=json_default) + "\n")
+                temp.write_text(json_text(value))
         for temp, target in staged:
             os.replace(temp, target)
             placed.append(target)

@@ -56,7 +56,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from memaudit.atomic import write_atomically
+from memaudit.atomic import finite_or_none, json_safe, write_atomically
 from memaudit.text import compile_markers, normalize_whitespace
 
 if TYPE_CHECKING:
@@ -1330,12 +1330,12 @@ def _method_block(per: pd.DataFrame, stats_row: pd.Series | None) -> dict[str, A
     block: dict[str, Any] = {"n_prompts": int(len(per))}
     if stats_row is not None:
         for name in ("frac_top1", "mean_rank", "mean_relative_rank", "mean_share"):
-            block[name] = _number(stats_row[name])
+            block[name] = finite_or_none(stats_row[name])
             block[f"{name}_ci95"] = [
-                _number(stats_row[f"{name}_lo"]),
-                _number(stats_row[f"{name}_hi"]),
+                finite_or_none(stats_row[f"{name}_lo"]),
+                finite_or_none(stats_row[f"{name}_hi"]),
             ]
-        block["chance_top1"] = _number(stats_row["chance_top1"])
+        block["chance_top1"] = finite_or_none(stats_row["chance_top1"])
     counts = per["best_rank"].astype(int).value_counts().sort_index()
     block["rank_counts"] = {str(k): int(v) for k, v in counts.items()}
     return block
@@ -1367,7 +1367,7 @@ def summarize(
             "" if selection.get("planted_included") else " and no planted prompts were added"
         )
         summary["cost"] = _cost(chunk_stats)
-        return _clean_json(summary)
+        return json_safe(summary)
     summary["empty"] = False
     summary["truncation"] = {
         "prompts_truncated": int(per_prompt["truncated"].sum()),
@@ -1376,7 +1376,7 @@ def summarize(
         "triggers_truncated": int(per_prompt["trigger_truncated"].sum()),
     }
     summary["special_positions_share"] = {
-        "mean": _number(per_prompt["special_share"].mean()),
+        "mean": finite_or_none(per_prompt["special_share"].mean()),
         "note": "share of the summed token significance on special and padding positions "
         "(excluded from ranks; padding is attended by the text encoder)",
     }
@@ -1416,8 +1416,8 @@ def summarize(
     rho = per_prompt["spearman"].dropna()
     summary["agreement"] = {
         "n_prompts": int(len(rho)),
-        "spearman_median": _number(rho.median()) if len(rho) else None,
-        "spearman_mean": _number(rho.mean()) if len(rho) else None,
+        "spearman_median": finite_or_none(rho.median()) if len(rho) else None,
+        "spearman_mean": finite_or_none(rho.mean()) if len(rho) else None,
         "note": "Spearman correlation per prompt between gradient significance and occlusion "
         "drop over its ranked words",
     }
@@ -1432,7 +1432,7 @@ def summarize(
         .to_dict(orient="records")
     )
     summary["cost"] = _cost(chunk_stats)
-    return _clean_json(summary)
+    return json_safe(summary)
 
 
 def _stats_row(
@@ -1466,13 +1466,15 @@ def _trigger_rows(
                 "trigger_truncated": bool(r.trigger_truncated),
                 "n_ranked_words": len(order),
                 "trigger_word_position": order.index(index) if index in order else None,
-                "gradient_rank": _number(unit["rank"].min()) if len(unit) else None,
-                "occlusion_rank": _number(occl["occlusion_rank"].min()) if len(occl) else None,
-                "gradient_share": _number(unit["share"].sum()) if len(unit) else None,
+                "gradient_rank": finite_or_none(unit["rank"].min()) if len(unit) else None,
+                "occlusion_rank": finite_or_none(occl["occlusion_rank"].min())
+                if len(occl)
+                else None,
+                "gradient_share": finite_or_none(unit["share"].sum()) if len(unit) else None,
                 "top_word_type": "<marker>"
                 if len(top) and bool(top["is_marker"].iloc[0])
                 else (str(top["word_type"].iloc[0]) if len(top) else None),
-                "spearman": _number(r.spearman),
+                "spearman": finite_or_none(r.spearman),
             }
         )
     return rows
@@ -1492,8 +1494,10 @@ def _position_bias(words: pd.DataFrame) -> dict[str, Any]:
     rhos_arr = np.asarray([r for r in rhos if np.isfinite(r)])
     return {
         "n_prompts": int(len(rhos_arr)),
-        "spearman_position_vs_score_mean": _number(rhos_arr.mean()) if len(rhos_arr) else None,
-        "top_word_relative_position_mean": _number(np.mean(top_positions))
+        "spearman_position_vs_score_mean": finite_or_none(rhos_arr.mean())
+        if len(rhos_arr)
+        else None,
+        "top_word_relative_position_mean": finite_or_none(np.mean(top_positions))
         if top_positions
         else None,
         "top_word_relative_position_hist": np.histogram(top_positions, bins=5, range=(0, 1))[
@@ -1676,26 +1680,3 @@ def _frame(rows: list[dict[str, Any]], schema: Mapping[str, Any]) -> pd.DataFram
         values = [row[column] for row in rows]
         data[column] = pd.Series(values, dtype=dtype) if values else pd.Series([], dtype=dtype)
     return pd.DataFrame(data, columns=list(schema))
-
-
-def _number(value: Any) -> float | None:
-    """A finite float for JSON, or None."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _clean_json(value: Any) -> Any:
-    """Replace NaN/inf by None and numpy scalars by Python ones, recursively."""
-    if isinstance(value, dict):
-        return {str(k): _clean_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean_json(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return _number(value)
-    return value

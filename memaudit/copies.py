@@ -28,6 +28,7 @@ neighbours are found with chunked matrix products, so 377k training images fit i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -44,7 +45,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from memaudit.atomic import atomic_npy, atomic_parquet
+from memaudit.atomic import atomic_npy, write_atomically
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 EMBEDDINGS = ("pixels", "torchvision", "timm")
@@ -615,20 +616,11 @@ def build_reference(
             "similarity": sims.astype(np.float64),
         }
     )
-    atomic_npy(out_embeddings, train.astype(np.float32))
-    atomic_parquet(index, out_index)
-    atomic_parquet(held_table, out_heldout)
     quantiles = {
         f"p{q}": float(np.percentile(sims, q)) if len(sims) else None for q in (50, 90, 95, 99)
     }
     meta = {
-        "embedding": {
-            "kind": spec.kind,
-            "side": spec.side,
-            "arch": spec.arch,
-            "weights": spec.weights,
-            "input_size": spec.input_size,
-        },
+        "embedding": dataclasses.asdict(spec),
         "dimension": int(train.shape[1]),
         "n_train": len(train),
         "n_train_studies": int(index["n_studies"].sum()),
@@ -636,7 +628,8 @@ def build_reference(
         "heldout_similarity": quantiles,
         **source,
     }
-    Path(out_reference).write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_npy(out_embeddings, train.astype(np.float32))
+    write_atomically({out_index: index, out_heldout: held_table, out_reference: meta})
     return meta
 
 

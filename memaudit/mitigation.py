@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import re
 import time
@@ -45,7 +44,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from memaudit.atomic import atomic_parquet, atomic_write
+from memaudit.atomic import atomic_parquet, atomic_write, json_safe
 from memaudit.copies import CopyReference, Embedder, nearest_neighbours
 from memaudit.figures import MARKER_COLOR, MEMORIZED_COLOR, ORDINARY_COLOR, save_figure, use_style
 from memaudit.models import AuditModel
@@ -1183,7 +1182,7 @@ def summary_document(
     table = {
         group: {
             row["strategy"]: {
-                k: _json_number(v) for k, v in row.items() if k not in ("strategy", "group")
+                k: json_safe(v) for k, v in row.items() if k not in ("strategy", "group")
             }
             for row in frame.to_dict("records")
         }
@@ -1226,20 +1225,6 @@ def summary_document(
     else:
         doc["copy_detection"] = {"skipped": copy_skip_reason or "no training images configured"}
     return doc
-
-
-def _json_number(value: Any) -> Any:
-    if isinstance(value, (float, np.floating)):
-        return None if not math.isfinite(float(value)) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def write_json(document: Mapping[str, Any], path: str | Path) -> None:
-    """JSON with NaN written as null."""
-    text = json.dumps(document, indent=2, default=_json_number, allow_nan=False)
-    Path(path).write_text(text + "\n")
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memaudit.atomic import atomic_npy, atomic_parquet, atomic_write
+from memaudit.atomic import atomic_npy, atomic_parquet, atomic_write, write_atomically
 
 
 def test_files_get_the_umask_permissions_not_private_ones(tmp_path: Path) -> None:
@@ -41,3 +42,30 @@ def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path: Path) -> Non
         atomic_write(target, half_then_fail)
     assert target.read_bytes() == b"complete"
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["out.bin"]
+
+
+def test_json_documents_hold_no_nan_and_no_numpy(tmp_path: Path) -> None:
+    document = {
+        "f64_nan": np.float64("nan"),  # a float subclass: json would write NaN by itself
+        "inf": float("inf"),
+        "f32": np.float32(0.5),
+        "i64": np.int64(3),
+        "flag": np.bool_(True),
+        "array": np.array([1.0, np.nan]),
+        "nested": [{"x": (np.float64(2.0), -np.inf)}],
+        7: "key",
+    }
+    path = tmp_path / "doc.json"
+    write_atomically({path: document})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {
+        "f64_nan": None,
+        "inf": None,
+        "f32": 0.5,
+        "i64": 3,
+        "flag": True,
+        "array": [1.0, None],
+        "nested": [{"x": [2.0, None]}],
+        "7": "key",
+    }

@@ -10,9 +10,9 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 import pandas as pd
 import torch
 
-from memaudit.atomic import atomic_parquet
+from memaudit.atomic import write_atomically
 from memaudit.copies import CopyReference
-from memaudit.mitigation import evaluate_generations, summarize, summary_document, write_json
+from memaudit.mitigation import evaluate_generations, summarize, summary_document
 
 torch.set_num_threads(snakemake.threads)
 params = snakemake.params
@@ -45,7 +45,11 @@ document = summary_document(
     threshold,
     params.bootstrap,
 )
-atomic_parquet(evaluation, snakemake.output.evaluation)
-atomic_parquet(summary, snakemake.output.summary)
-write_json(document, snakemake.output.summary_json)
+write_atomically(
+    {
+        snakemake.output.evaluation: evaluation,
+        snakemake.output.summary: summary,
+        snakemake.output.summary_json: document,
+    }
+)
 print(json.dumps(document, indent=2, default=str))
