@@ -210,6 +210,12 @@ def find_text_leaks(
     return [s for s in strings if _ngrams(words(s), min_words) & grams]
 
 
+# Summary entries never shared: attribution's per-word rows live in word_types.parquet,
+# filtered to common words; without their words (strings are dropped) they would be anonymous
+# numbers, and with them they could name a rare word of one report.
+WITHHELD_SUMMARY_KEYS = {"attribution": ("top_word_types",)}
+
+
 def build_share_bundle(
     out_dir: str | Path,
     *,
@@ -224,7 +230,8 @@ def build_share_bundle(
 ) -> dict[str, Any]:
     """Write the shareable bundle to ``out_dir`` and return what was written.
 
-    ``stage_summaries`` maps a stage name to its summary (JSON-like); only numbers are kept.
+    ``stage_summaries`` maps a stage name to its summary (JSON-like); only numbers are kept,
+    and the entries of :data:`WITHHELD_SUMMARY_KEYS` are dropped.
     ``figures`` are copied into ``out_dir/figures`` (PNG and the PDF beside each, if present).
     Raises :class:`ShareLeakError` naming the file and the offending string when any table or
     JSON would contain ``min_words`` consecutive words of a prompt.
@@ -234,7 +241,13 @@ def build_share_bundle(
     out = Path(out_dir)
     texts = prompts["text"].astype(str).tolist()
     memorized = memorized_table(ranked, report_map)
-    summary = {stage: numbers_only(value) for stage, value in stage_summaries.items()}
+    summary = {}
+    for stage, value in stage_summaries.items():
+        if isinstance(value, Mapping):
+            value = {
+                k: v for k, v in value.items() if k not in WITHHELD_SUMMARY_KEYS.get(stage, ())
+            }
+        summary[stage] = numbers_only(value)
     withheld = 0
     shared_types = None
     if word_types is not None:

@@ -98,7 +98,14 @@ def test_bundle_is_written_and_leaks_are_refused(tmp_path: Path) -> None:
     figure = tmp_path / "fig2.png"
     figure.write_bytes(b"\x89PNG fake")
     figure.with_suffix(".pdf").write_bytes(b"%PDF fake")
-    summaries = {"prompts": {"reports_read": 6, "most_repeated": [{"text": TEXTS[2]}]}}
+    summaries = {
+        "prompts": {"reports_read": 6, "most_repeated": [{"text": TEXTS[2]}]},
+        # per-word rows: withheld by the bundle itself, whoever calls it
+        "attribution": {
+            "n_prompts": 2,
+            "top_word_types": [{"word_type": "zhahoudrick", "n_prompts": 1, "mean_rank": 1.0}],
+        },
+    }
     written = build_share_bundle(
         tmp_path / "share",
         prompts=prompts,
@@ -119,6 +126,7 @@ def test_bundle_is_written_and_leaks_are_refused(tmp_path: Path) -> None:
     }
     summary = json.loads((tmp_path / "share/summary.json").read_text())
     assert summary["prompts"] == {"reports_read": 6}
+    assert summary["attribution"] == {"n_prompts": 2}
     assert summary["share"]["word_types_withheld"] == 1
     for path in (tmp_path / "share").rglob("*.parquet"):
         frame = pd.read_parquet(path)

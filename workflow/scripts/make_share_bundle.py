@@ -13,21 +13,16 @@ from memaudit.share import build_share_bundle
 
 inputs = snakemake.input
 named = set(inputs.keys())  # a Namedlist: `in` alone would test its values
-summaries = {
-    name: json.loads(Path(inputs[name]).read_text())
-    for name in ("prompts", "threshold", "detection", "attribution", "mitigation")
-    if name in named
-}
-# per-word rows live in word_types.parquet, filtered to common words; without their words
-# (strings are dropped) these rows would be anonymous numbers
-summaries.get("attribution", {}).pop("top_word_types", None)
+stages = ["prompts", "threshold", "attribution", "mitigation"]
+stages += ["detection"] if "detection" in named else []  # the demo's planted truth only
+summaries = {name: json.loads(Path(inputs[name]).read_text()) for name in stages}
 written = build_share_bundle(
     Path(snakemake.output.readme).parent,
     prompts=pd.read_parquet(inputs.prompt_table, columns=["prompt_id", "text"]),
     ranked=pd.read_parquet(inputs.ranked),
     report_map=pd.read_parquet(inputs.report_map),
     stage_summaries=summaries,
-    word_types=pd.read_parquet(inputs.word_types) if "word_types" in named else None,
+    word_types=pd.read_parquet(inputs.word_types),
     figures=list(inputs.figures),
     min_word_prompts=snakemake.params.share["min_word_prompts"],
     min_words=snakemake.params.share["leak_check_words"],
