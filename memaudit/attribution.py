@@ -352,6 +352,8 @@ def token_significance(
     n_prompts, n_positions = cond.shape[0], cond.shape[1]
     n_gen = spec.generations
     rows = n_prompts * n_gen
+    cond_rows = cond.repeat_interleave(n_gen, dim=0)  # steps before the window need no gradient
+    uncond_rows = uncond.expand(rows, -1, -1)
     start, stop = spec.window_bounds()
     scheduler = fresh_scheduler(model, spec.steps, model.device)
     latents = noise.to(model.device).repeat(n_prompts, 1, 1, 1) * scheduler.init_noise_sigma
@@ -376,7 +378,7 @@ def token_significance(
                     eps_uncond = eps_uncond.repeat(n_prompts, 1, 1, 1)
                     count(n_gen)
                 else:
-                    eps_uncond = unet_eps(model, model_input, t, uncond.expand(rows, -1, -1))
+                    eps_uncond = unet_eps(model, model_input, t, uncond_rows)
                     count(rows)
             if k >= start:
                 leaf = cond.clone().requires_grad_(True)
@@ -395,7 +397,7 @@ def token_significance(
                 eps_cond = eps_cond.detach()
             else:
                 with torch.no_grad():
-                    eps_cond = unet_eps(model, model_input, t, cond.repeat_interleave(n_gen, dim=0))
+                    eps_cond = unet_eps(model, model_input, t, cond_rows)
                 count(rows)
             if k + 1 < stop:
                 with torch.no_grad():
@@ -572,9 +574,9 @@ def word_units(
     return units
 
 
-def delete_unit(text: str, unit: WordUnit) -> str:
-    """The prompt with one word unit deleted, whitespace tidied."""
-    return normalize_whitespace(text[: unit.start] + " " + text[unit.end :])
+def delete_span(text: str, start: int, end: int) -> str:
+    """The prompt with the characters [start, end) (one word unit) deleted, whitespace tidied."""
+    return normalize_whitespace(text[:start] + " " + text[end:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -702,17 +704,16 @@ def build_tables(
     significance: Significance,
     tokens_of: Callable[[list[int]], list[str]],
     markers: Sequence[re.Pattern[str]],
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[list[WordUnit]]]:
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Token, word and per-prompt tables from the tokenization and the significance.
 
     ``prompts`` is the selection (prompt_id, text, reason, ... , trigger_word,
     trigger_word_index), in the row order of ``encoded`` and ``significance``;
-    ``tokens_of`` maps ids to token strings. Returns (tokens, words, per prompt, units).
+    ``tokens_of`` maps ids to token strings. Returns (tokens, words, per prompt).
     """
     token_rows: list[dict[str, Any]] = []
     word_rows: list[dict[str, Any]] = []
     prompt_rows: list[dict[str, Any]] = []
-    all_units: list[list[WordUnit]] = []
     for i, row in enumerate(prompts.itertuples(index=False)):
         pid, text = str(row.prompt_id), str(row.text)
         ids = encoded["input_ids"][i].tolist()
@@ -730,7 +731,6 @@ def build_tables(
             )
         position_of = dict(enumerate(content))  # untruncated piece index -> position seen
         units = word_units(text, full, markers)
-        all_units.append(units)
         word_of_piece = {p: u.index for u in units for p in u.pieces}
         sig = significance.significance[i]
         content_total = float(sig[content].sum()) if content else 0.0
@@ -820,7 +820,6 @@ def build_tables(
         _frame(token_rows, TOKEN_COLUMNS),
         _frame(word_rows, WORD_COLUMNS),
         _frame(prompt_rows, PROMPT_COLUMNS),
-        all_units,
     )
 
 
@@ -843,8 +842,7 @@ def occlusion_table(
         texts.append(text_of[pid])
     for r in candidates.itertuples(index=False):
         text = text_of[r.prompt_id]
-        unit = WordUnit(int(r.word_index), int(r.start), int(r.end), r.text, (), False, False)
-        variant = delete_unit(text, unit)
+        variant = delete_span(text, int(r.start), int(r.end))
         ids.append(f"{r.prompt_id}#{int(r.word_index)}")
         texts.append(variant)
         rows.append(
@@ -909,7 +907,7 @@ def attribute_prompts(
         )
         occlusion_stats = {"n_prompts": 0, "n_variants": 0, "seconds": 0.0}
         return empty, _run_stats(model, spec, batch_size, gradient_stats, occlusion_stats)
-    tokens, words, per_prompt, _units = build_tables(
+    tokens, words, per_prompt = build_tables(
         prompts, encoded, significance, model.tokenizer.convert_ids_to_tokens, patterns
     )
     occlusion_stats: dict[str, Any] = {}
