@@ -6,7 +6,7 @@ rule select_attribution_prompts:
     input:
         memorized="results/threshold/memorized_prompts.parquet",
         ranked="results/threshold/ranked_prompts.parquet",
-        truth=get_attribution_truth(),
+        truth=get_demo_truth(),
     output:
         prompts="results/attribution/selected_prompts.parquet",
         counts="results/attribution/selection.json",

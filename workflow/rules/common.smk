@@ -82,13 +82,6 @@ def get_model_input():
     return [config["model"]["path"]] if config["model"]["kind"] == "demo" else []
 
 
-def get_attribution_truth():
-    """The demo's planted captions when they are attributed too (trigger ground truth)."""
-    if config["demo"]["enabled"] and config["attribution"]["include_planted"]:
-        return ["results/demo/corpus/truth.parquet"]
-    return []
-
-
 def attribution_scoring():
     """The scoring settings of the attribution trajectory (its window is attribution's)."""
     return {k: v for k, v in config["scoring"].items() if k not in ("chunks", "window")}

@@ -9,15 +9,15 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 
 import pandas as pd
 
+from memaudit.atomic import write_atomically
 from memaudit.attribution import select_prompts
 
-truth = snakemake.input.get("truth")
+truth = list(snakemake.input.truth)
 table, counts = select_prompts(
     pd.read_parquet(snakemake.input.memorized),
     pd.read_parquet(snakemake.input.ranked),
-    pd.read_parquet(truth) if truth else None,
+    pd.read_parquet(truth[0]) if truth else None,
     include_planted=snakemake.params.include_planted,
 )
-table.to_parquet(snakemake.output.prompts, index=False)
-Path(snakemake.output.counts).write_text(json.dumps(counts, indent=2) + "\n")
+write_atomically({snakemake.output.prompts: table, snakemake.output.counts: counts})
 print(json.dumps(counts, indent=2))
