@@ -916,7 +916,7 @@ def gather_chunks(
         frame = pd.read_parquet(index_path)
         with np.load(images_path, allow_pickle=False) as archive:
             token = str(archive["token"])
-            n_rows = int(archive["images"].shape[0]) if len(frame) else 0
+            n_rows = _npz_shape(archive, "images")[0] if len(frame) else 0
         tokens = set(frame["token"]) if len(frame) else {token}
         if tokens != {token}:
             raise ValueError(f"{index_path} does not belong to {images_path} (token mismatch)")
@@ -967,19 +967,16 @@ def mean_pairwise_rms(images: np.ndarray) -> float:
     return float(np.sqrt(d2[upper] / pixels).mean())
 
 
-EVALUATION_COLUMNS = (
-    "diversity",
-    "copy_rate",
-    "n_copies",
-    "max_similarity",
-    "mean_similarity",
-    "top_train_id",
-    "top_train_share",
-    "planted_copy_rate",
-    "planted_nearest_rate",
-    "nearest_train_ids",
-    "nearest_similarities",
-)
+def _npz_shape(archive: Any, name: str) -> tuple[int, ...]:
+    """Shape of array ``name`` of an open ``.npz``, read from its header alone (the images of a
+    chunk can be gigabytes; they need not be decompressed to be counted)."""
+    with archive.zip.open(f"{name}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, _ = np.lib.format.read_array_header_1_0(member)
+        else:
+            shape, _, _ = np.lib.format.read_array_header_2_0(member)
+    return tuple(int(n) for n in shape)
 
 
 def evaluate_generations(

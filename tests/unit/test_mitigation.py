@@ -472,6 +472,13 @@ def test_chunk_files_are_paired_and_gather_checks(
         )
     with pytest.raises(ValueError, match="token mismatch"):
         gather_chunks([tmp_path / "a.parquet"], [tmp_path / "b.npz"])
+    # an index that points past the saved images (read from the .npz header) is refused
+    a_index = pd.read_parquet(tmp_path / "a.parquet")
+    n_saved = int(a_index["row"].max()) + 1
+    a_index.loc[a_index["row"] == a_index["row"].max(), "row"] = n_saved
+    a_index.to_parquet(tmp_path / "a_bad.parquet", index=False)
+    with pytest.raises(ValueError, match=f"points at {n_saved + 1} rows, {n_saved} saved"):
+        gather_chunks([tmp_path / "a_bad.parquet"], [tmp_path / "a.npz"])
     with pytest.raises(ValueError, match="have no generations"):
         gather_chunks([tmp_path / "b.parquet"], [tmp_path / "b.npz"], prompts["prompt_id"])
 
