@@ -164,8 +164,10 @@ class Embedder:
     a stack of prepared images into embeddings; calling the object does both.
     """
 
-    def __init__(self, spec: EmbeddingSpec, device: str | torch.device = "cpu") -> None:
+    def __init__(self, spec: EmbeddingSpec, device: str | torch.device | None = None) -> None:
         self.spec = spec
+        if device is None:  # a network on the GPU when there is one; pixels stay on the CPU
+            device = "cuda" if torch.cuda.is_available() and spec.kind != "pixels" else "cpu"
         self.device = torch.device(device)
         self._network, self._mean, self._std = None, _IMAGENET_MEAN, _IMAGENET_STD
         if spec.kind != "pixels":
@@ -560,8 +562,8 @@ def build_reference(
     JSON description; returns that description.
     """
     spec = EmbeddingSpec.from_config(cfg)
-    device = "cuda" if torch.cuda.is_available() and spec.kind != "pixels" else "cpu"
-    embedder = Embedder(spec, device)
+    embedder = Embedder(spec)
+    device = embedder.device
     batch = int(cfg.get("batch_size") or 256)
     if cfg.get("train_images"):
         train_root = Path(cfg["train_images"])

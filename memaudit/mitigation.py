@@ -1013,7 +1013,7 @@ def evaluate_generations(
         planted_rows = {
             pid: {int(i)} for pid, i in zip(truth["prompt_id"], truth["image_index"], strict=True)
         }
-    embedder = Embedder(reference.spec, _eval_device(reference)) if reference is not None else None
+    embedder = Embedder(reference.spec) if reference is not None else None
     train_ids = reference.index["train_id"].to_numpy() if reference is not None else None
     members = (
         [set(np.asarray(m).tolist()) for m in reference.index["image_indices"]]
@@ -1053,10 +1053,6 @@ def evaluate_generations(
                 table.at[i, "planted_nearest_rate"] = float(np.mean(hits))
     bar.close()
     return table
-
-
-def _eval_device(reference: CopyReference) -> str:
-    return "cuda" if torch.cuda.is_available() and reference.spec.kind != "pixels" else "cpu"
 
 
 def _nearest(
