@@ -16,6 +16,7 @@ include: "workflow/rules/scoring.smk"
 include: "workflow/rules/threshold.smk"
 include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/attribution.smk"
+include: "workflow/rules/copy_detection.smk"
 include: "workflow/rules/mitigation.smk"
 include: "workflow/rules/share.smk"
 

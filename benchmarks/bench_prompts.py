@@ -16,8 +16,9 @@ import time
 import zipfile
 from pathlib import Path
 
-from memaudit.corpus import CorpusSpec, generate_corpus
-from memaudit.reports import extract_prompts
+from memaudit.corpus.spec import CorpusSpec
+from memaudit.corpus.writer import generate_corpus
+from memaudit.prompts.extract import extract_prompts
 
 
 def zip_tree(files_dir: Path, zip_path: Path) -> int:

@@ -47,8 +47,10 @@ from transformers import BertConfig, BertModel, BertTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memaudit.models import AuditModel, load_model, radedit_scheduler  # noqa: E402
-from memaudit.scoring import ScoringSpec, initial_noise, score_prompts  # noqa: E402
+from memaudit.diffusion import initial_noise
+from memaudit.model.loading import AuditModel, load_model, radedit_scheduler
+from memaudit.scoring.engine import score_prompts
+from memaudit.scoring.spec import ScoringSpec
 from memaudit.text import prompt_id  # noqa: E402
 
 FINDINGS = [
@@ -89,7 +91,7 @@ def peak_rss_mb() -> float:
 
 def demo_size_model(prompts: list[str], device: torch.device) -> AuditModel:
     """The demo architecture (memaudit.training defaults) with random weights."""
-    from memaudit.training import TrainSpec, build_demo_model
+    from memaudit.model.training import TrainSpec, build_demo_model
 
     return build_demo_model(prompts, TrainSpec(), device=device)
 

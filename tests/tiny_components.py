@@ -26,8 +26,8 @@ from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
-from memaudit.models import AuditModel, load_model
-from memaudit.training import TrainSpec, build_demo_model, save_demo_model
+from memaudit.model.loading import AuditModel, load_model
+from memaudit.model.training import TrainSpec, build_demo_model, save_demo_model
 
 # A few report-like captions, two with the de-identification marker.
 TINY_CAPTIONS = [

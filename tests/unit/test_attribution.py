@@ -4,7 +4,6 @@ WordPiece and the demo tokenizer, batching/chunking, occlusion, aggregates and b
 from __future__ import annotations
 
 import copy
-import dataclasses
 import io
 import json
 import re
@@ -16,35 +15,33 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizer
 
-from memaudit import attribution
 from memaudit.atomic import write_atomically
-from memaudit.attribution import (
-    MARKER_TYPE,
-    TRIGGER_TYPE,
-    AttributionSpec,
+from memaudit.attribution.engine import (
     attribute_chunk,
     attribute_prompts,
-    bootstrap_ci,
-    gather_tables,
     occlusion_table,
-    plot_token_attribution,
-    plot_word_types,
-    prompt_type_ranks,
-    rank_occlusion,
-    rank_words,
-    select_prompts,
-    spearman,
-    summarize,
     token_significance,
-    trigger_span,
+)
+from memaudit.attribution.figures import plot_token_attribution, plot_word_types
+from memaudit.attribution.selection import select_prompts
+from memaudit.attribution.spec import AttributionSpec
+from memaudit.attribution.statistics import (
+    MARKER_TYPE,
+    TRIGGER_TYPE,
+    bootstrap_ci,
+    prompt_type_ranks,
+    summarize,
     word_type_stats,
     word_type_table,
-    word_units,
 )
-from memaudit.models import AuditModel, radedit_scheduler
-from memaudit.scoring import ScoringSpec, fresh_scheduler, initial_noise, score_prompts
+from memaudit.attribution.tables import gather_tables, rank_occlusion, rank_words, spearman
+from memaudit.attribution.words import trigger_span, word_units
+from memaudit.diffusion import fresh_scheduler, initial_noise
+from memaudit.model.loading import AuditModel, radedit_scheduler
+from memaudit.model.training import build_demo_model, train_tokenizer
+from memaudit.scoring.engine import score_prompts
+from memaudit.scoring.spec import ScoringSpec
 from memaudit.text import compile_markers, prompt_id
-from memaudit.training import build_demo_model, train_tokenizer
 from tests.tiny_components import OutOfMemoryUnet, prompt_sensitive_latent_unet, tiny_train_spec
 
 CAPTIONS = [
@@ -708,13 +705,3 @@ def test_progress_bar_and_cost(model, selection) -> None:
     )
     assert stats["gradient"]["unet_rows"] > 0 and stats["occlusion"]["n_variants"] > 0
     assert stats["window"] == [0, 1] and stats["generations"] == SCORING["generations"]
-
-
-def test_module_imports_without_the_model_stack() -> None:
-    """The CPU rules (gather, summary, figures) run in the light env without diffusers."""
-    source = Path(attribution.__file__).read_text()
-    top_level = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
-    assert not any(
-        "scoring" in line or "models" in line or "diffusers" in line for line in top_level
-    )
-    assert dataclasses.is_dataclass(AttributionSpec)

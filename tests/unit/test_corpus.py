@@ -11,14 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memaudit.corpus import (
-    FINDING_NAMES,
-    TITLE_LINE,
-    CorpusSpec,
-    generate_corpus,
-    render_phantoms,
-    report_path,
-)
+from memaudit.corpus.grammar import TITLE_LINE
+from memaudit.corpus.phantoms import render_phantoms
+from memaudit.corpus.spec import CorpusSpec
+from memaudit.corpus.vocabulary import FINDING_NAMES
+from memaudit.corpus.writer import generate_corpus, report_path
+from memaudit.prompts.sections import choose_section, split_sections
 from memaudit.text import normalize_whitespace, prompt_id
 
 SMALL = CorpusSpec(
@@ -216,13 +214,10 @@ def test_planted_caption_is_the_last_impression(corpus):
 
 
 def test_section_parser_extracts_planted_captions_and_counted_prompts(corpus):
-    reports = pytest.importorskip("memaudit.reports")
-    if not hasattr(reports, "split_sections") or not hasattr(reports, "choose_section"):
-        pytest.skip("memaudit.reports has no split_sections/choose_section yet")
     truth = corpus["truth"].set_index("planted_id")
     prompts = Counter()
     for pid, text in zip(corpus["studies"].planted_id, corpus["reports"], strict=True):
-        name, body = reports.choose_section(reports.split_sections(text))
+        name, body = choose_section(split_sections(text))
         prompts[normalize_whitespace(body)] += 1
         if pid >= 0:
             assert name == "impression"

@@ -14,36 +14,41 @@ import pandas as pd
 import pytest
 import torch
 
-from memaudit import mitigation
-from memaudit.copies import CopyReference, build_reference
-from memaudit.mitigation import (
-    MitigationSpec,
-    corpus_vocabulary,
+from memaudit.copy_detection.reference import CopyReference, build_reference
+from memaudit.diffusion import initial_noise
+from memaudit.mitigation.evaluation import (
     evaluate_generations,
-    first_step_loss,
+    mean_pairwise_rms,
+    summarize,
+    summary_document,
+)
+from memaudit.mitigation.figures import plot_mitigation_diversity, plot_mitigation_grid
+from memaudit.mitigation.generation import (
     gather_chunks,
-    gaussian_noise_embedding,
     generate_chunk,
     generate_grid,
     generate_mitigations,
-    marker_pattern,
-    mean_pairwise_rms,
-    mitigate_text,
-    optimize_embeddings,
     plan_rows,
-    plot_mitigation_diversity,
-    plot_mitigation_grid,
-    select_prompts,
-    summarize,
-    summary_document,
-    tidy_text,
-    token_vocabulary,
     write_chunk,
 )
-from memaudit.models import AuditModel
-from memaudit.scoring import ScoringSpec, initial_noise, score_prompts
+from memaudit.mitigation.selection import SELECTION_COLUMNS as MITIGATION_SELECTION_COLUMNS
+from memaudit.mitigation.selection import select_prompts
+from memaudit.mitigation.spec import MitigationSpec
+from memaudit.mitigation.strategies import (
+    corpus_vocabulary,
+    first_step_loss,
+    gaussian_noise_embedding,
+    marker_pattern,
+    mitigate_text,
+    optimize_embeddings,
+    tidy_text,
+    token_vocabulary,
+)
+from memaudit.model.loading import AuditModel
+from memaudit.model.training import build_demo_model
+from memaudit.scoring.engine import score_prompts
+from memaudit.scoring.spec import ScoringSpec
 from memaudit.text import prompt_id
-from memaudit.training import build_demo_model
 from tests.tiny_components import OutOfMemoryUnet, tiny_train_spec
 
 MARKERS = ["___"]
@@ -301,7 +306,7 @@ def test_select_prompts_sample_is_seeded_and_independent_of_row_order() -> None:
 
 def test_select_prompts_empty_input_gives_empty_table() -> None:
     empty = select_prompts(_memorized_table([]), MARKERS)
-    assert len(empty) == 0 and list(empty.columns) == list(mitigation.SELECTION_COLUMNS)
+    assert len(empty) == 0 and list(empty.columns) == list(MITIGATION_SELECTION_COLUMNS)
 
 
 # --------------------------------------------------------------------------------------------

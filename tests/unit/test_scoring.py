@@ -15,16 +15,12 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
 from transformers import BertConfig, BertModel, BertTokenizer
 
-from memaudit import scoring
 from memaudit.atomic import atomic_parquet
-from memaudit.models import AuditModel
-from memaudit.scores import (
-    d_mem_from_norms,
-    gather_scores,
-    norms_matrix,
-    select_chunk,
-)
-from memaudit.scoring import ScoringSpec, initial_noise, score_prompts
+from memaudit.diffusion import initial_noise, noise_seed
+from memaudit.model.loading import AuditModel
+from memaudit.scoring.engine import score_prompts
+from memaudit.scoring.gather import d_mem_from_norms, gather_scores, norms_matrix, select_chunk
+from memaudit.scoring.spec import ScoringSpec
 from memaudit.text import prompt_id
 from tests.tiny_components import (
     TINY_CAPTIONS,
@@ -135,7 +131,7 @@ def _naive_norms(model: AuditModel, text: str, spec: ScoringSpec) -> np.ndarray:
     for j in range(spec.generations):
         scheduler = copy.deepcopy(model.scheduler)
         scheduler.set_timesteps(spec.steps)
-        generator = torch.Generator().manual_seed(scoring.noise_seed(spec.seed, j))
+        generator = torch.Generator().manual_seed(noise_seed(spec.seed, j))
         x = torch.randn((1, *model.latent_shape), generator=generator)
         for k, t in enumerate(scheduler.timesteps):
             with torch.no_grad():

@@ -24,11 +24,11 @@ import pytest
 from tests.conftest import BIN, QUICK, REPO, QuickRun, snakemake
 
 pytestmark = pytest.mark.slow
-SCORES = "results/scores/scores.parquet"
+SCORES = "results/scoring/scores.parquet"
 
 
 def _chunk_files(run: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted((run / "results/scores/chunks").glob("*-of-*.parquet"))}
+    return {p.stem: p for p in sorted((run / "results/scoring/chunks").glob("*-of-*.parquet"))}
 
 
 def test_killed_scoring_resumes_with_only_unfinished_chunks(quick_run: QuickRun, tmp_path: Path):

@@ -15,7 +15,7 @@ rule select_attribution_prompts:
     conda:
         "../../envs/core.yaml"
     params:
-        code=code_version("attribution"),
+        code=code_of("select_attribution_prompts"),
         include_planted=config["attribution"]["include_planted"],
     script:
         "../scripts/select_attribution_prompts.py"
@@ -41,7 +41,7 @@ rule attribute_tokens:
     resources:
         gpu=1,
     params:
-        code=code_version("attribution"),
+        code=code_of("attribute_tokens"),
         model=config["model"],
         scoring=attribution_scoring(),
         attribution=attribution_gpu_spec(),
@@ -77,7 +77,7 @@ rule gather_attribution:
     conda:
         "../../envs/core.yaml"
     params:
-        code=code_version("attribution"),
+        code=code_of("gather_attribution"),
         word_score=config["attribution"]["word_score"],
     script:
         "../scripts/gather_attribution.py"
@@ -106,7 +106,7 @@ rule summarize_attribution:
     conda:
         "../../envs/core.yaml"
     params:
-        code=code_version("attribution"),
+        code=code_of("summarize_attribution"),
         attribution=config["attribution"],
     script:
         "../scripts/summarize_attribution.py"
@@ -128,7 +128,7 @@ rule plot_token_attribution:
     conda:
         "../../envs/core.yaml"
     params:
-        code=code_version("attribution"),
+        code=code_of("plot_token_attribution"),
         n_prompts=config["figures"]["attribution_prompts"],
         top_n=config["figures"]["attribution_top_n"],
     script:
@@ -150,7 +150,7 @@ rule plot_word_types:
     conda:
         "../../envs/core.yaml"
     params:
-        code=code_version("attribution"),
+        code=code_of("plot_word_types"),
         n_types=config["figures"]["attribution_word_types"],
     script:
         "../scripts/plot_word_types.py"

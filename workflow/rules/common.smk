@@ -8,7 +8,7 @@ sys.path.insert(0, str(REPO))
 from snakemake.exceptions import WorkflowError
 
 from memaudit.config import ConfigError, check_paths, load_schema, validate_config
-from memaudit.provenance import code_version  # params: code=code_version(<module>)
+from memaudit.provenance import script_code_version
 
 try:
     config.update(
@@ -56,6 +56,12 @@ except ConfigError as error:
 
 wildcard_constraints:
     scatteritem=r"\d+-of-\d+",
+
+
+def code_of(script):
+    """params: code=code_of("<rule>"): the version of the package code the rule's script
+    imports, so a package edit re-runs exactly the rules whose code changed."""
+    return script_code_version(REPO / "workflow/scripts" / f"{script}.py")
 
 
 def demo_spec():
@@ -155,10 +161,10 @@ def get_copy_reference(wildcards=None):
     if not copy_detection_enabled():
         return {}
     return {
-        "embeddings": "results/copies/train_embeddings.npy",
-        "train_index": "results/copies/train_images.parquet",
-        "heldout": "results/copies/heldout_neighbours.parquet",
-        "reference": "results/copies/reference.json",
+        "embeddings": "results/copy_detection/train_embeddings.npy",
+        "train_index": "results/copy_detection/train_images.parquet",
+        "heldout": "results/copy_detection/heldout_neighbours.parquet",
+        "reference": "results/copy_detection/reference.json",
     }
 
 
@@ -166,7 +172,7 @@ def get_training_pixels(wildcards=None):
     """What Fig. 4 needs to draw training images: the index, plus the demo image array."""
     if not copy_detection_enabled():
         return {}
-    inputs = {"train_index": "results/copies/train_images.parquet"}
+    inputs = {"train_index": "results/copy_detection/train_images.parquet"}
     if not config["copy_detection"]["train_images"]:
         inputs["train_pixels"] = "results/demo/corpus/images.npy"
     return inputs

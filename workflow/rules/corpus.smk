@@ -13,7 +13,7 @@ rule make_demo_corpus:
     conda:
         "../../envs/core.yaml"
     params:
-        code=code_version("corpus"),
+        code=code_of("make_demo_corpus"),
         spec=demo_spec(),
     script:
         "../scripts/make_demo_corpus.py"

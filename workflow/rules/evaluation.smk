@@ -1,6 +1,6 @@
 rule evaluate_detection:
     input:
-        scores="results/scores/scores.parquet",
+        scores="results/scoring/scores.parquet",
         truth="results/demo/corpus/truth.parquet",
     output:
         metrics=report(
@@ -20,7 +20,7 @@ rule evaluate_detection:
     conda:
         "../../envs/core.yaml"
     params:
-        code=code_version("thresholding"),
+        code=code_of("evaluate_detection"),
         top_k=config["evaluation"]["top_k"],
     script:
         "../scripts/evaluate_detection.py"

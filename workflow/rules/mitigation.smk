@@ -17,7 +17,7 @@ rule select_mitigation_prompts:
     conda:
         "../../envs/torch.yaml"
     params:
-        code=code_version("mitigation"),
+        code=code_of("select_mitigation_prompts"),
         selection=mitigation_selection_spec(),
         markers=config["reports"]["markers"],
     script:
@@ -43,7 +43,7 @@ rule generate_mitigations:
     resources:
         gpu=1,
     params:
-        code=code_version("mitigation"),
+        code=code_of("generate_mitigations"),
         model=config["model"],
         mitigation=mitigation_generation_spec(),
         scoring=scoring_spec(),
@@ -66,33 +66,9 @@ rule gather_mitigations:
     conda:
         "../../envs/torch.yaml"
     params:
-        code=code_version("mitigation"),
+        code=code_of("gather_mitigations"),
     script:
         "../scripts/gather_mitigations.py"
-
-
-rule embed_training_images:
-    input:
-        unpack(get_training_image_inputs),
-    output:
-        embeddings="results/copies/train_embeddings.npy",
-        index="results/copies/train_images.parquet",
-        heldout="results/copies/heldout_neighbours.parquet",
-        reference="results/copies/reference.json",
-    log:
-        "logs/embed_training_images.log",
-    benchmark:
-        "benchmarks/embed_training_images.tsv"
-    conda:
-        "../../envs/torch.yaml"
-    threads: 2
-    resources:
-        gpu=int(config["copy_detection"]["embedding"] != "pixels"),
-    params:
-        code=code_version("copies"),
-        copy_detection=copy_embedding_spec(),
-    script:
-        "../scripts/embed_training_images.py"
 
 
 rule evaluate_mitigations:
@@ -122,7 +98,7 @@ rule evaluate_mitigations:
     resources:
         gpu=int(config["copy_detection"]["embedding"] != "pixels"),
     params:
-        code=code_version("mitigation"),
+        code=code_of("evaluate_mitigations"),
         strategies=config["mitigation"]["strategies"],
         bootstrap=config["mitigation"]["bootstrap"],
         seed=config["mitigation"]["seed"],
@@ -150,7 +126,7 @@ rule plot_mitigation_grid:
     conda:
         "../../envs/torch.yaml"
     params:
-        code=code_version("mitigation"),
+        code=code_of("plot_mitigation_grid"),
         strategies=config["mitigation"]["strategies"],
         n_prompts=config["figures"]["mitigation_prompts"],
         n_seeds=config["figures"]["mitigation_seeds"],
@@ -175,7 +151,7 @@ rule plot_mitigation_diversity:
     conda:
         "../../envs/torch.yaml"
     params:
-        code=code_version("mitigation"),
+        code=code_of("plot_mitigation_diversity"),
         strategies=config["mitigation"]["strategies"],
     script:
         "../scripts/plot_mitigation_diversity.py"

@@ -28,7 +28,7 @@ rule train_demo_model:
     resources:
         gpu=1,
     params:
-        code=code_version("training"),
+        code=code_of("train_demo_model"),
         train=config["train"],
     script:
         "../scripts/train_demo_model.py"
@@ -61,6 +61,6 @@ rule check_demo_memorization:
     params:
         steps=config["scoring"]["steps"],
         guidance=config["scoring"]["guidance"],
-        code=code_version("training"),
+        code=code_of("check_demo_memorization"),
     script:
         "../scripts/check_demo_memorization.py"

@@ -17,7 +17,7 @@ rule extract_prompts:
     conda:
         "../../envs/core.yaml"
     params:
-        code=code_version("reports"),
+        code=code_of("extract_prompts"),
         reports=config["reports"],
     script:
         "../scripts/extract_prompts.py"
@@ -39,6 +39,6 @@ rule plot_prompt_frequency:
     conda:
         "../../envs/core.yaml"
     params:
-        code=code_version("figures"),
+        code=code_of("plot_prompt_frequency"),
     script:
         "../scripts/plot_prompt_frequency.py"

@@ -7,8 +7,8 @@ rule score_chunk:
         prompts="results/prompts/prompts.parquet",
         model=get_model_input(),
     output:
-        scores="results/scores/chunks/{scatteritem}.parquet",
-        stats="results/scores/chunks/{scatteritem}.json",
+        scores="results/scoring/chunks/{scatteritem}.parquet",
+        stats="results/scoring/chunks/{scatteritem}.json",
     log:
         "logs/score_chunk/{scatteritem}.log",
     benchmark:
@@ -19,7 +19,7 @@ rule score_chunk:
     resources:
         gpu=1,
     params:
-        code=code_version("scoring"),
+        code=code_of("score_chunk"),
         model=config["model"],
         scoring=scoring_spec(),
     script:
@@ -28,15 +28,15 @@ rule score_chunk:
 
 rule gather_scores:
     input:
-        chunks=gather.score("results/scores/chunks/{scatteritem}.parquet"),
+        chunks=gather.score("results/scoring/chunks/{scatteritem}.parquet"),
         prompts="results/prompts/prompts.parquet",
     output:
-        scores="results/scores/scores.parquet",
+        scores="results/scoring/scores.parquet",
     log:
         "logs/gather_scores.log",
     conda:
         "../../envs/core.yaml"
     params:
-        code=code_version("scores"),
+        code=code_of("gather_scores"),
     script:
         "../scripts/gather_scores.py"

@@ -16,6 +16,6 @@ rule make_share_bundle:
         "../../envs/core.yaml"
     params:
         share=config["share"],
-        code=code_version("share"),
+        code=code_of("make_share_bundle"),
     script:
         "../scripts/make_share_bundle.py"

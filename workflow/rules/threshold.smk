@@ -1,6 +1,6 @@
 rule threshold_scores:
     input:
-        scores="results/scores/scores.parquet",
+        scores="results/scoring/scores.parquet",
         prompts="results/prompts/prompts.parquet",
     output:
         ranked="results/threshold/ranked_prompts.parquet",
@@ -19,7 +19,7 @@ rule threshold_scores:
     conda:
         "../../envs/core.yaml"
     params:
-        code=code_version("thresholding"),
+        code=code_of("threshold_scores"),
         threshold=config["threshold"],
     script:
         "../scripts/threshold_scores.py"
@@ -41,7 +41,7 @@ rule plot_score_distribution:
     conda:
         "../../envs/core.yaml"
     params:
-        code=code_version("thresholding"),
+        code=code_of("plot_score_distribution"),
         log_scores=config["figures"]["log_scores"],
     script:
         "../scripts/plot_score_distribution.py"

@@ -10,8 +10,9 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 import pandas as pd
 import torch
 
-from memaudit.attribution import AttributionSpec, attribute_chunk
-from memaudit.models import load_model
+from memaudit.attribution.engine import attribute_chunk
+from memaudit.attribution.spec import AttributionSpec
+from memaudit.model.loading import load_model
 
 torch.set_num_threads(snakemake.threads)
 index, total = map(int, snakemake.wildcards.scatteritem.split("-of-"))

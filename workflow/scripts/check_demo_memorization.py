@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from memaudit.models import load_model
-from memaudit.training import check_memorization, demo_training_pairs
+from memaudit.model.check import check_memorization
+from memaudit.model.loading import load_model
+from memaudit.model.training import demo_training_pairs
 
 torch.set_num_threads(snakemake.threads)
 inputs = snakemake.input

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from memaudit.copies import build_reference
+from memaudit.copy_detection.reference import build_reference
 
 torch.set_num_threads(snakemake.threads)
 cfg = snakemake.params.copy_detection

@@ -9,7 +9,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 
 import pandas as pd
 
-from memaudit.thresholding import evaluate_truth, plot_per_step_auc
+from memaudit.evaluation.detection import evaluate_truth
+from memaudit.evaluation.figures import plot_per_step_auc
 
 scores = pd.read_parquet(snakemake.input.scores)
 metrics, per_step = evaluate_truth(

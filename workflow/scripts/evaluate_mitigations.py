@@ -11,8 +11,8 @@ import pandas as pd
 import torch
 
 from memaudit.atomic import write_atomically
-from memaudit.copies import CopyReference
-from memaudit.mitigation import evaluate_generations, summarize, summary_document
+from memaudit.copy_detection.reference import CopyReference
+from memaudit.mitigation.evaluation import evaluate_generations, summarize, summary_document
 
 torch.set_num_threads(snakemake.threads)
 params = snakemake.params

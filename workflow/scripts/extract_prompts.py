@@ -7,7 +7,7 @@ from pathlib import Path
 sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 
-from memaudit.reports import extract_prompts
+from memaudit.prompts.extract import extract_prompts
 
 cfg = snakemake.params.reports
 metadata = cfg["metadata"]

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 import pandas as pd
 
 from memaudit.atomic import write_atomically
-from memaudit.attribution import gather_tables
+from memaudit.attribution.tables import gather_tables
 
 tables = gather_tables(
     {

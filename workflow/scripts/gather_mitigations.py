@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 import pandas as pd
 
 from memaudit.atomic import atomic_parquet
-from memaudit.mitigation import gather_chunks
+from memaudit.mitigation.generation import gather_chunks
 
 prompts = pd.read_parquet(snakemake.input.prompts, columns=["prompt_id"])
 table = gather_chunks(

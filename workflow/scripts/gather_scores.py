@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 import pandas as pd
 
 from memaudit.atomic import atomic_parquet
-from memaudit.scores import gather_scores
+from memaudit.scoring.gather import gather_scores
 
 prompts = pd.read_parquet(snakemake.input.prompts, columns=["prompt_id"])
 scores = gather_scores(snakemake.input.chunks, expected_ids=prompts["prompt_id"])

@@ -10,9 +10,10 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 import pandas as pd
 import torch
 
-from memaudit.mitigation import MitigationSpec, generate_chunk
-from memaudit.models import load_model
-from memaudit.scoring import ScoringSpec
+from memaudit.mitigation.generation import generate_chunk
+from memaudit.mitigation.spec import MitigationSpec
+from memaudit.model.loading import load_model
+from memaudit.scoring.spec import ScoringSpec
 
 torch.set_num_threads(snakemake.threads)
 index, total = map(int, snakemake.wildcards.scatteritem.split("-of-"))

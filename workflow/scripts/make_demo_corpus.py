@@ -6,6 +6,7 @@ from pathlib import Path
 sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 
-from memaudit.corpus import CorpusSpec, generate_corpus
+from memaudit.corpus.spec import CorpusSpec
+from memaudit.corpus.writer import generate_corpus
 
 generate_corpus(CorpusSpec.from_dict(snakemake.params.spec), Path(snakemake.output.card).parent)

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 
 import pandas as pd
 
-from memaudit.mitigation import plot_mitigation_diversity
+from memaudit.mitigation.figures import plot_mitigation_diversity
 
 document = json.loads(Path(snakemake.input.summary_json).read_text())
 plot_mitigation_diversity(

@@ -9,8 +9,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 
 import pandas as pd
 
-from memaudit.copies import training_image_loader
-from memaudit.mitigation import plot_mitigation_grid
+from memaudit.copy_detection.images import training_image_loader
+from memaudit.mitigation.figures import plot_mitigation_grid
 
 document = json.loads(Path(snakemake.input.summary_json).read_text())
 loader = None

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 
 import pandas as pd
 
-from memaudit.figures import plot_prompt_frequency
+from memaudit.prompts.figures import plot_prompt_frequency
 
 plot_prompt_frequency(
     pd.read_parquet(snakemake.input.prompts),

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 
 import pandas as pd
 
-from memaudit.thresholding import plot_score_distribution
+from memaudit.threshold.figures import plot_score_distribution
 
 plot_score_distribution(
     pd.read_parquet(snakemake.input.ranked, columns=["prompt_id", "d_mem", "memorized"]),

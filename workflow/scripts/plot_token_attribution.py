@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 
 import pandas as pd
 
-from memaudit.attribution import plot_token_attribution
+from memaudit.attribution.figures import plot_token_attribution
 
 plot_token_attribution(
     pd.read_parquet(snakemake.input.words),

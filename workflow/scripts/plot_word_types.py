@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 
 import pandas as pd
 
-from memaudit.attribution import plot_word_types
+from memaudit.attribution.figures import plot_word_types
 
 plot_word_types(
     pd.read_parquet(snakemake.input.word_types),

@@ -10,8 +10,9 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 import pandas as pd
 import torch
 
-from memaudit.models import load_model
-from memaudit.scoring import ScoringSpec, score_chunk
+from memaudit.model.loading import load_model
+from memaudit.scoring.engine import score_chunk
+from memaudit.scoring.spec import ScoringSpec
 
 torch.set_num_threads(snakemake.threads)
 index, total = map(int, snakemake.wildcards.scatteritem.split("-of-"))

@@ -9,7 +9,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 
 import pandas as pd
 
-from memaudit.mitigation import corpus_vocabulary, select_prompts
+from memaudit.mitigation.selection import select_prompts
+from memaudit.mitigation.strategies import corpus_vocabulary
 
 selection = snakemake.params.selection
 markers = list(snakemake.params.markers)

@@ -10,7 +10,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 import pandas as pd
 
 from memaudit.atomic import write_atomically
-from memaudit.attribution import AttributionSpec, summarize, word_type_table
+from memaudit.attribution.spec import AttributionSpec
+from memaudit.attribution.statistics import summarize, word_type_table
 
 spec = AttributionSpec.from_dict(snakemake.params.attribution)
 words = pd.read_parquet(snakemake.input.words)

@@ -9,7 +9,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 
 import pandas as pd
 
-from memaudit.thresholding import marker_enrichment, threshold_scores
+from memaudit.threshold.cutoff import threshold_scores
+from memaudit.threshold.enrichment import marker_enrichment
 
 cfg = snakemake.params.threshold
 table, threshold = threshold_scores(

@@ -11,16 +11,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from memaudit.models import load_model
-from memaudit.training import (
-    TrainSpec,
-    demo_training_pairs,
-    grid_examples,
-    load_losses,
-    plot_generation_grid,
-    plot_training_curve,
-    train_demo_model,
-)
+from memaudit.model.check import grid_examples
+from memaudit.model.figures import plot_generation_grid, plot_training_curve
+from memaudit.model.loading import load_model
+from memaudit.model.training import TrainSpec, demo_training_pairs, load_losses, train_demo_model
 
 torch.set_num_threads(snakemake.threads)
 inputs = snakemake.input

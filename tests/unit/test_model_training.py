@@ -11,16 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from memaudit.models import load_model
-from memaudit.training import (
+from memaudit.model.check import generate_images, grid_examples
+from memaudit.model.figures import plot_generation_grid, plot_training_curve
+from memaudit.model.loading import load_model
+from memaudit.model.training import (
     TrainSpec,
     demo_training_pairs,
     fit_demo_model,
-    generate_images,
-    grid_examples,
     load_losses,
-    plot_generation_grid,
-    plot_training_curve,
     save_demo_model,
     train_demo_model,
     train_tokenizer,
@@ -213,7 +211,7 @@ def test_memorization_check_scores_copies_and_spread(monkeypatch: pytest.MonkeyP
     whose seeds land on different training images scores low seed agreement."""
     import pandas as pd
 
-    from memaudit import training
+    from memaudit.model import check
 
     patterns = _patterns()  # 4 distinct images
     rng = np.random.default_rng(0)
@@ -231,8 +229,8 @@ def test_memorization_check_scores_copies_and_spread(monkeypatch: pytest.MonkeyP
                 out.append(source.astype(np.float32) / 255.0)
         return np.stack(out)
 
-    monkeypatch.setattr(training, "generate_images", fake_generate)
-    summary, table = training.check_memorization(
+    monkeypatch.setattr(check, "generate_images", fake_generate)
+    summary, table = check.check_memorization(
         None, truth, captions, images, seeds=(0, 1, 2), n_ordinary=5
     )
     assert summary["n_planted"] == 1 and summary["n_ordinary"] == 1

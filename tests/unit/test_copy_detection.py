@@ -14,23 +14,24 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from memaudit import copies
-from memaudit.copies import (
-    CopyReference,
+from memaudit.copy_detection import search
+from memaudit.copy_detection.embedding import (
     Embedder,
     EmbeddingSpec,
     area_matrix,
-    build_reference,
-    copy_threshold,
+    pixel_embedding,
+    square_resample,
+)
+from memaudit.copy_detection.images import (
     demo_training_images,
     list_images,
-    nearest_neighbours,
-    pixel_embedding,
     read_image,
-    square_resample,
     training_image_loader,
 )
-from memaudit.corpus import FINDING_NAMES, render_phantoms
+from memaudit.copy_detection.reference import CopyReference, build_reference
+from memaudit.copy_detection.search import copy_threshold, nearest_neighbours
+from memaudit.corpus.phantoms import render_phantoms
+from memaudit.corpus.vocabulary import FINDING_NAMES
 
 
 def phantoms(n: int, seed: int, size: int = 32) -> np.ndarray:
@@ -93,8 +94,8 @@ def test_pixel_embedding_cosine_is_pixel_correlation() -> None:
 
 
 def test_nearest_neighbours_match_brute_force_across_chunks(monkeypatch) -> None:
-    monkeypatch.setattr(copies, "_REFERENCE_CHUNK", 7)
-    monkeypatch.setattr(copies, "_QUERY_CHUNK", 5)
+    monkeypatch.setattr(search, "_REFERENCE_CHUNK", 7)
+    monkeypatch.setattr(search, "_QUERY_CHUNK", 5)
     rng = np.random.default_rng(0)
     reference = pixel_embedding(rng.random((30, 6, 6)))
     queries = pixel_embedding(rng.random((12, 6, 6)))

@@ -10,13 +10,11 @@ import pandas as pd
 import pytest
 from scipy.stats import fisher_exact
 
-from memaudit.thresholding import (
-    evaluate_truth,
-    marker_enrichment,
-    plot_per_step_auc,
-    plot_score_distribution,
-    threshold_scores,
-)
+from memaudit.evaluation.detection import evaluate_truth
+from memaudit.evaluation.figures import plot_per_step_auc
+from memaudit.threshold.cutoff import threshold_scores
+from memaudit.threshold.enrichment import marker_enrichment
+from memaudit.threshold.figures import plot_score_distribution
 
 
 def _tables(d_mem: np.ndarray, has_marker: np.ndarray | None = None):

@@ -10,7 +10,7 @@ from diffusers import DDIMScheduler
 from safetensors.torch import load_file, save_file
 from transformers import BertForMaskedLM, BertModel
 
-from memaudit.models import ModelLoadError, load_model
+from memaudit.model.loading import ModelLoadError, load_model
 from tests.tiny_components import (
     TINY_CAPTIONS,
     TINY_VAE_SCALING,

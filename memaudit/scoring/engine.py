@@ -23,15 +23,11 @@ Engine choices:
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import hashlib
 import math
 import resource
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,127 +37,15 @@ import torch
 from tqdm import tqdm
 
 from memaudit.atomic import atomic_parquet
-from memaudit.models import AuditModel
-from memaudit.scores import select_chunk
+from memaudit.batching import auto_batch, run_halving_batches
+from memaudit.diffusion import fresh_scheduler, initial_noise, unet_eps
+from memaudit.model.loading import AuditModel
+from memaudit.scoring.gather import select_chunk
+from memaudit.scoring.spec import ScoringSpec
 
-# Keys of the config ``scoring`` block that belong to the workflow, not to the score itself.
-WORKFLOW_KEYS = frozenset({"chunks"})
-# CPU "auto" batch: aim for this many latent elements per UNet call (rows × C × h × w).
-_CPU_AUTO_ELEMENTS = 2**18
 # GPU "auto" batch: share of the free memory the batch may use (the rest is headroom).
 _GPU_MEMORY_SHARE = 0.8
 _MAX_AUTO_PROMPTS = 4096
-
-
-@dataclass(frozen=True)
-class ScoringSpec:
-    """How d_mem is computed.
-
-    ``window`` is a half-open range [start, stop) of sampling steps (0 = the first, noisiest
-    step); ``stop=None`` means all ``steps``. ``batch_size`` counts prompts per UNet call
-    (each prompt brings ``generations`` × 2 rows) or is ``"auto"``.
-    """
-
-    steps: int = 50
-    guidance: float = 7.5
-    generations: int = 4
-    window: tuple[int, int | None] = (0, None)
-    batch_size: int | str = "auto"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"scoring.steps must be a positive integer, got {self.steps!r}")
-        if not isinstance(self.generations, int) or self.generations < 1:
-            raise ValueError(
-                f"scoring.generations must be a positive integer, got {self.generations!r}"
-            )
-        if not isinstance(self.guidance, (int, float)) or not math.isfinite(self.guidance):
-            raise ValueError(f"scoring.guidance must be a finite number, got {self.guidance!r}")
-        if not isinstance(self.seed, int):
-            raise ValueError(f"scoring.seed must be an integer, got {self.seed!r}")
-        batch = self.batch_size
-        if batch != "auto" and (not isinstance(batch, int) or isinstance(batch, bool) or batch < 1):
-            raise ValueError(
-                f"scoring.batch_size must be 'auto' or a positive integer, got {batch!r}"
-            )
-        window = tuple(self.window)
-        if len(window) != 2:
-            raise ValueError(f"scoring.window must be [start, stop], got {self.window!r}")
-        object.__setattr__(self, "window", window)
-        start, stop = self.window_bounds()
-        if not 0 <= start < stop <= self.steps:
-            raise ValueError(
-                f"scoring.window {list(self.window)} must satisfy 0 <= start < stop <= steps "
-                f"({self.steps})"
-            )
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> ScoringSpec:
-        """Build from a config ``scoring`` block; unknown keys are an error naming them.
-
-        The workflow-level key ``chunks`` is accepted and ignored.
-        """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known - WORKFLOW_KEYS)
-        if unknown:
-            raise ValueError(f"unknown scoring key(s) {unknown}; expected some of {sorted(known)}")
-        kwargs = {k: v for k, v in values.items() if k in known}
-        if "window" in kwargs:
-            window = kwargs["window"]
-            if not isinstance(window, (list, tuple)):
-                raise ValueError(f"scoring.window must be [start, stop], got {window!r}")
-            kwargs["window"] = tuple(window)
-        return cls(**kwargs)
-
-    def window_bounds(self) -> tuple[int, int]:
-        """The window as concrete (start, stop) step indices."""
-        start, stop = self.window
-        if not isinstance(start, int) or (stop is not None and not isinstance(stop, int)):
-            raise ValueError(f"scoring.window bounds must be integers, got {self.window!r}")
-        return start, self.steps if stop is None else stop
-
-    @property
-    def computed_steps(self) -> int:
-        """How many sampling steps are run: up to the end of the window, never further."""
-        return self.window_bounds()[1]
-
-
-def noise_seed(seed: int, generation: int) -> int:
-    """Seed of the torch generator that draws x_T for generation ``generation``."""
-    digest = hashlib.sha256(f"memaudit-noise:{seed}:{generation}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def initial_noise(
-    latent_shape: Sequence[int], generations: int, seed: int, device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """x_T for every generation, [generations, C, h, w] float32, drawn on CPU then moved.
-
-    Row j depends only on (seed, j), so it is the same on every machine and for every prompt.
-    """
-    rows = []
-    for j in range(generations):
-        generator = torch.Generator(device="cpu").manual_seed(noise_seed(seed, j))
-        rows.append(torch.randn(tuple(latent_shape), generator=generator, dtype=torch.float32))
-    return torch.stack(rows).to(device)
-
-
-def unet_eps(
-    model: AuditModel, sample: torch.Tensor, timestep: torch.Tensor, embeddings: torch.Tensor
-) -> torch.Tensor:
-    """One UNet call in the model dtype; the prediction comes back as float32."""
-    out = model.unet(
-        sample.to(model.dtype), timestep, encoder_hidden_states=embeddings, return_dict=False
-    )[0]
-    return out.float()
-
-
-def fresh_scheduler(model: AuditModel, steps: int, device: torch.device) -> Any:
-    """A private copy of the model's scheduler with ``steps`` inference timesteps."""
-    scheduler = copy.deepcopy(model.scheduler)
-    scheduler.set_timesteps(steps, device=device)
-    return scheduler
 
 
 @torch.no_grad()
@@ -214,31 +98,6 @@ def score_embeddings(
     return norms.reshape(n_prompts, n_gen, spec.computed_steps).cpu().numpy()
 
 
-def auto_batch(
-    model: AuditModel, unit_elements: int, cap: int, probe: Callable[[], Any], share: float
-) -> int:
-    """How many work units (a prompt's rows, an image) one batch may hold.
-
-    On CPU: a fixed budget of latent elements per UNet call (``unit_elements`` per unit). On a
-    GPU: ``probe()`` runs one unit; the peak memory it takes above what was allocated before
-    sets how many units fit in ``share`` of the free memory. Over-estimates are caught later by
-    halving on out-of-memory errors.
-    """
-    device = torch.device(model.device)
-    if device.type != "cuda":
-        return max(1, min(cap, _CPU_AUTO_ELEMENTS // unit_elements))
-    torch.cuda.synchronize(device)
-    torch.cuda.empty_cache()
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    with torch.no_grad():
-        probe()
-    torch.cuda.synchronize(device)
-    per_unit = max(1, torch.cuda.max_memory_allocated(device) - base)
-    free, _total = torch.cuda.mem_get_info(device)
-    return max(1, min(cap, int(share * free // per_unit)))
-
-
 def _auto_prompt_batch(model: AuditModel, spec: ScoringSpec, noise: torch.Tensor) -> int:
     """Prompts per scoring batch; the GPU probe is one later-step call for one prompt."""
 
@@ -249,50 +108,6 @@ def _auto_prompt_batch(model: AuditModel, spec: ScoringSpec, noise: torch.Tensor
 
     elements = 2 * spec.generations * math.prod(model.latent_shape)
     return auto_batch(model, elements, _MAX_AUTO_PROMPTS, probe, _GPU_MEMORY_SHARE)
-
-
-def run_halving_batches(
-    total: int,
-    batch: int,
-    step: Callable[[int, int], Any],
-    unit: str,
-    single_error: str,
-    progress: TextIO | None = None,
-    bar: tqdm | None = None,
-) -> tuple[list[Any], int, int]:
-    """Run ``step(position, size)`` over items [0, total) in batches of at most ``batch``.
-
-    A batch that raises a CUDA out-of-memory error is re-run with half as many items, and the
-    halved size is kept for the rest of the pass; a single item that does not fit raises
-    RuntimeError(``single_error``). ``unit`` names the batch in the log line (e.g. "prompts per
-    batch"). Returns (the step results in order, the final batch size, the number of halvings).
-    """
-    parts: list[Any] = []
-    halvings, position = 0, 0
-    while position < total:
-        size = min(batch, total - position)
-        failed = False
-        try:
-            part = step(position, size)
-        except torch.cuda.OutOfMemoryError as err:
-            if size == 1:
-                raise RuntimeError(single_error) from err
-            failed = True
-        if failed:
-            # Outside the except clause, so the failed batch's tensors are released.
-            batch, halvings = max(1, size // 2), halvings + 1
-            if torch.cuda.is_initialized():
-                torch.cuda.empty_cache()
-            tqdm.write(
-                f"out of memory with {size} {unit}; retrying with {batch}",
-                file=progress or sys.stderr,
-            )
-            continue
-        parts.append(part)
-        position += size
-        if bar is not None:
-            bar.update(size)
-    return parts, batch, halvings
 
 
 def _peak_rss_mb() -> float:

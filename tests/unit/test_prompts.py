@@ -9,15 +9,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from memaudit.reports import (
+from memaudit.prompts.extract import SKIP_REASONS, extract_prompts
+from memaudit.prompts.sections import (
     DEFAULT_SECTION_ORDER,
-    SKIP_REASONS,
     canonical_section_name,
     choose_section,
-    extract_prompts,
-    load_metadata_filter,
     split_sections,
 )
+from memaudit.prompts.sources import load_metadata_filter
 from memaudit.text import prompt_id
 
 

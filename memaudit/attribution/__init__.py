@@ -1,0 +1,1 @@
+"""Token attribution: which tokens of a memorized prompt drive its memorization."""

@@ -1,0 +1,562 @@
+"""Token attribution: which tokens of a memorized prompt drive its memorization score.
+
+**Gradient significance (Wen et al.).** For prompt p with conditional embedding e_p (the text
+encoder output, [L, D]) and sampling step t of the guided DDIM trajectory x_t^j (the same
+trajectories and x_T as the scoring stage)::
+
+    L_t(e_p) = ‖ (ε(x_t^j, e_p) − ε(x_t^j, e_∅))_{j=1..n} ‖₂     (one norm over all n generations)
+    significance(k) = 1/|W| · Σ_{t∈W} ‖∂L_t/∂e_p[k]‖₂             (k = token position)
+
+The gradient is taken explicitly with respect to the *conditional* embedding: e_p is a leaf
+tensor that enters only the conditional UNet call; the unconditional prediction is computed
+without gradient, and x_t is detached (it comes from the guided trajectory, so the derivative
+holds the trajectory fixed). Wen et al.'s public code indexes the wrong half of the guidance
+batch and so differentiates the unconditional branch; the tests compare our gradient with a
+finite difference of the conditional embedding and show that the unconditional one differs.
+Several prompts share one backward pass: each prompt's L depends only on its own embedding, so
+the gradient of the sum of the L's is every prompt's own gradient.
+
+**Word level.** Sub-tokens are merged into word units with the tokenizer's offset mapping: a
+unit is a maximal run of pieces whose character spans touch (BERT WordPiece splits ``___`` into
+three ``_`` pieces and words into ``##`` pieces), with two refinements: every match of a
+configured marker regex is one unit of its own (also when split into pieces or glued to
+punctuation or a word), and punctuation-only pieces at the start or end of a run are split off
+as punctuation units (kept and flagged, not ranked), so ``Dr.`` is the word ``Dr`` plus ``.``
+while ``10:30`` and ``x-ray`` stay one word. A word's score is the sum (or max) of its pieces.
+
+**Occlusion.** Each ranked word is deleted from the prompt text and the variants are re-scored
+with the scoring engine over the same step window; drop = d_mem(original) − d_mem(variant).
+
+**Aggregates.** Per word type (and pooled over all markers, and on the demo over all planted
+trigger words): the best rank of the type in each prompt, the fraction of prompts where it
+ranks first, its share of the prompt's significance, with bootstrap confidence intervals over
+prompts (seeded by the type's name, not by row order).
+
+Every function is pure and snakemake-free; :mod:`memaudit.scoring` (hence diffusers and
+transformers) is imported only by the functions that run the model, so the table, statistics
+and figure functions also work in the light CPU environment.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from memaudit.atomic import write_atomically
+from memaudit.attribution.selection import SELECTION_COLUMNS
+from memaudit.attribution.tables import (
+    OCCLUSION_COLUMNS,
+    PROMPT_COLUMNS,
+    TOKEN_COLUMNS,
+    WORD_COLUMNS,
+    AttributionTables,
+    _frame,
+    _require_columns,
+)
+from memaudit.attribution.words import delete_span, encode_with_offsets, trigger_span, word_units
+from memaudit.text import compile_markers
+
+if TYPE_CHECKING:
+    from memaudit.model.loading import AuditModel
+    from memaudit.scoring.spec import ScoringSpec
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient significance
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Significance:
+    """Gradient attribution of a batch of P prompts over a window of W steps.
+
+    ``significance`` [P, L]: mean over the window of ‖∂L_t/∂e_p[k]‖₂ per position k;
+    ``losses`` [P, W]: L_t, the norm over all generations jointly; ``norms`` [P, n, W]: the
+    per-generation norms (their mean is d_mem over the window, as the scoring engine computes);
+    ``gradients`` [P, W, L, D]: the gradients themselves, only when asked for (tests, studies).
+    """
+
+    significance: np.ndarray
+    losses: np.ndarray
+    norms: np.ndarray
+    gradients: np.ndarray | None = None
+
+
+@contextmanager
+def _frozen_parameters(module: torch.nn.Module):
+    """Switch parameter gradients off (only the embedding needs one), restoring them after."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+def token_significance(
+    model: AuditModel,
+    cond: torch.Tensor,
+    spec: ScoringSpec,
+    noise: torch.Tensor,
+    uncond: torch.Tensor,
+    counters: dict[str, int] | None = None,
+    keep_gradients: bool = False,
+) -> Significance:
+    """Gradient significance of every position of P conditional embeddings ``cond`` [P, L, D].
+
+    ``spec`` gives the trajectory (steps, guidance, generations) and the window; ``noise`` is
+    x_T [generations, C, h, w] from :func:`memaudit.scoring.initial_noise` and ``uncond`` the
+    empty prompt's embedding [1, L, D]. The trajectory is the scoring engine's (guided DDIM,
+    eta 0, one shared unconditional prediction per generation at the first step). At a window
+    step, the conditional prediction is recomputed from a fresh leaf copy of ``cond`` with
+    gradient; x_t and the unconditional prediction carry none. ``keep_gradients`` also returns
+    the gradients themselves ([P, W, L, D], for checks and studies; memory grows with W).
+    """
+    from memaudit.diffusion import fresh_scheduler, unet_eps
+
+    counters = counters if counters is not None else {"unet_calls": 0, "unet_rows": 0}
+    cond = cond.detach().to(device=model.device, dtype=model.dtype)
+    uncond = uncond.detach().to(device=model.device, dtype=model.dtype)
+    n_prompts, n_positions = cond.shape[0], cond.shape[1]
+    n_gen = spec.generations
+    rows = n_prompts * n_gen
+    cond_rows = cond.repeat_interleave(n_gen, dim=0)  # steps before the window need no gradient
+    uncond_rows = uncond.expand(rows, -1, -1)
+    start, stop = spec.window_bounds()
+    scheduler = fresh_scheduler(model, spec.steps, model.device)
+    latents = noise.to(model.device).repeat(n_prompts, 1, 1, 1) * scheduler.init_noise_sigma
+    significance = torch.zeros(n_prompts, n_positions, dtype=torch.float64)
+    losses = torch.zeros(n_prompts, stop - start, dtype=torch.float64)
+    norms = torch.zeros(n_prompts, n_gen, stop - start, dtype=torch.float64)
+    gradients = []
+
+    def count(sample_rows: int) -> None:
+        counters["unet_calls"] += 1
+        counters["unet_rows"] += sample_rows
+
+    with _frozen_parameters(model.unet):
+        for k in range(stop):
+            t = scheduler.timesteps[k]
+            model_input = scheduler.scale_model_input(latents, t).detach()
+            with torch.no_grad():
+                if k == 0:  # every prompt starts from the same x_T^j: share e_∅'s prediction
+                    eps_uncond = unet_eps(
+                        model, model_input[:n_gen], t, uncond.expand(n_gen, -1, -1)
+                    )
+                    eps_uncond = eps_uncond.repeat(n_prompts, 1, 1, 1)
+                    count(n_gen)
+                else:
+                    eps_uncond = unet_eps(model, model_input, t, uncond_rows)
+                    count(rows)
+            if k >= start:
+                leaf = cond.clone().requires_grad_(True)
+                with torch.enable_grad():
+                    eps_cond = unet_eps(model, model_input, t, leaf.repeat_interleave(n_gen, dim=0))
+                    diff = eps_cond - eps_uncond
+                    loss = diff.reshape(n_prompts, -1).norm(dim=1)  # one norm over all generations
+                    (grad,) = torch.autograd.grad(loss.sum(), leaf)
+                count(rows)
+                significance += grad.detach().double().norm(dim=-1).cpu()
+                if keep_gradients:
+                    gradients.append(grad.detach().double().cpu())
+                losses[:, k - start] = loss.detach().double().cpu()
+                per_gen = diff.detach().flatten(1).norm(dim=1).double().cpu()
+                norms[:, :, k - start] = per_gen.reshape(n_prompts, n_gen)
+                eps_cond = eps_cond.detach()
+            else:
+                with torch.no_grad():
+                    eps_cond = unet_eps(model, model_input, t, cond_rows)
+                count(rows)
+            if k + 1 < stop:
+                with torch.no_grad():
+                    guided = eps_uncond + spec.guidance * (eps_cond - eps_uncond)
+                    latents = scheduler.step(guided, t, latents, eta=0.0, return_dict=False)[0]
+    significance /= stop - start
+    kept = torch.stack(gradients, dim=1).numpy() if keep_gradients else None
+    return Significance(significance.numpy(), losses.numpy(), norms.numpy(), kept)
+
+
+def gradient_pass(
+    model: AuditModel,
+    input_ids: torch.Tensor,
+    spec: ScoringSpec,
+    batch_size: int,
+    progress: TextIO | None = None,
+) -> tuple[Significance, dict[str, Any]]:
+    """Significance of every tokenized prompt (``input_ids`` [N, L]), ``batch_size`` prompts
+    per backward pass; returns the stacked :class:`Significance` and run statistics.
+
+    On a GPU a batch that runs out of memory is re-run with half as many prompts (kept for the
+    rest of the pass); the statistics say how often.
+    """
+    from memaudit.batching import run_halving_batches
+    from memaudit.diffusion import initial_noise
+
+    n = int(input_ids.shape[0])
+    start_time = time.perf_counter()
+    device = torch.device(model.device)
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+    noise = initial_noise(model.latent_shape, spec.generations, spec.seed, device)
+    with torch.no_grad():
+        uncond = model.encode([""])
+    counters = {"unet_calls": 0, "unet_rows": 0}
+    batch = max(1, min(int(batch_size), n)) if n else int(batch_size)
+    initial_batch = batch
+    bar = tqdm(total=n, unit="prompt", desc="gradient", file=progress, disable=progress is None)
+
+    def step(position: int, size: int) -> Significance:
+        with torch.no_grad():
+            cond = model.encode_ids(input_ids[position : position + size])
+        return token_significance(model, cond, spec, noise, uncond, counters)
+
+    parts, batch, halvings = run_halving_batches(
+        n,
+        batch,
+        step,
+        "prompts per backward pass",
+        "out of GPU memory attributing a single prompt; use a smaller model dtype, fewer "
+        "generations or a shorter attribution.window",
+        progress,
+        bar,
+    )
+    bar.close()
+    start, stop = spec.window_bounds()
+    if parts:
+        result = Significance(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("significance", "losses", "norms")
+            )
+        )
+    else:
+        length = int(input_ids.shape[1]) if input_ids.ndim == 2 else 0
+        result = Significance(
+            np.zeros((0, length)),
+            np.zeros((0, stop - start)),
+            np.zeros((0, spec.generations, stop - start)),
+        )
+    seconds = time.perf_counter() - start_time
+    stats = {
+        "n_prompts": n,
+        "seconds": seconds,
+        "seconds_per_prompt": seconds / n if n else None,
+        "batch_size_initial": initial_batch,
+        "batch_size_final": batch,
+        "oom_halvings": halvings,
+        "unet_calls": counters["unet_calls"],
+        "unet_rows": counters["unet_rows"],
+        "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if on_gpu else None,
+    }
+    return result, stats
+
+
+def build_tables(
+    prompts: pd.DataFrame,
+    encoded: Mapping[str, Any],
+    significance: Significance,
+    tokens_of: Callable[[list[int]], list[str]],
+    markers: Sequence[re.Pattern[str]],
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Token, word and per-prompt tables from the tokenization and the significance.
+
+    ``prompts`` is the selection (prompt_id, text, reason, ... , trigger_word,
+    trigger_word_index), in the row order of ``encoded`` and ``significance``;
+    ``tokens_of`` maps ids to token strings. Returns (tokens, words, per prompt).
+    """
+    token_rows: list[dict[str, Any]] = []
+    word_rows: list[dict[str, Any]] = []
+    prompt_rows: list[dict[str, Any]] = []
+    for i, row in enumerate(prompts.itertuples(index=False)):
+        pid, text = str(row.prompt_id), str(row.text)
+        ids = encoded["input_ids"][i].tolist()
+        offsets = encoded["offsets"][i]
+        padding = [not a for a in encoded["attention"][i]]
+        special = [s and not p for s, p in zip(encoded["special"][i], padding, strict=True)]
+        content = [k for k in range(len(ids)) if not special[k] and not padding[k]]
+        full = encoded["full_offsets"][i]
+        if len(content) > len(full) or any(
+            tuple(offsets[k]) != tuple(full[j]) for j, k in enumerate(content)
+        ):
+            raise ValueError(
+                f"prompt {pid}: the truncated and untruncated tokenizations disagree (the "
+                "tokenizer's pieces are not a prefix of each other); cannot locate words"
+            )
+        position_of = dict(enumerate(content))  # untruncated piece index -> position seen
+        units = word_units(text, full, markers)
+        word_of_piece = {p: u.index for u in units for p in u.pieces}
+        sig = significance.significance[i]
+        content_total = float(sig[content].sum()) if content else 0.0
+        content_rank = pd.Series(sig[content]).rank(ascending=False, method="min").tolist()
+        rank_of = dict(zip(content, content_rank, strict=True))
+        token_strings = tokens_of(ids)
+        piece_of_position = {k: j for j, k in position_of.items()}
+        for k, token_id in enumerate(ids):
+            piece = piece_of_position.get(k)
+            token_rows.append(
+                {
+                    "prompt_id": pid,
+                    "position": k,
+                    "token_id": int(token_id),
+                    "token": token_strings[k],
+                    "start": int(offsets[k][0]),
+                    "end": int(offsets[k][1]),
+                    "is_special": special[k],
+                    "is_padding": padding[k],
+                    "word_index": word_of_piece.get(piece, -1) if piece is not None else -1,
+                    "significance": float(sig[k]),
+                    "rank": rank_of.get(k, math.nan),
+                    "share": float(sig[k]) / content_total
+                    if k in rank_of and content_total
+                    else math.nan,
+                }
+            )
+        trigger = row.trigger_word if isinstance(row.trigger_word, str) else None
+        trigger_at = trigger_span(text, trigger, int(row.trigger_word_index)) if trigger else None
+        trigger_seen = False
+        for unit in units:
+            seen_positions = [position_of[p] for p in unit.pieces if p in position_of]
+            scores = sig[seen_positions] if seen_positions else np.zeros(0)
+            is_trigger = bool(
+                trigger_at and unit.start < trigger_at[1] and trigger_at[0] < unit.end
+            )
+            trigger_seen |= is_trigger and bool(seen_positions)
+            word_rows.append(
+                {
+                    "prompt_id": pid,
+                    "word_index": unit.index,
+                    "text": unit.text,
+                    "word_type": unit.text.casefold(),
+                    "start": unit.start,
+                    "end": unit.end,
+                    "n_pieces": len(unit.pieces),
+                    "n_pieces_seen": len(seen_positions),
+                    "positions": np.asarray(seen_positions, dtype=np.int64),
+                    "is_marker": unit.is_marker,
+                    "is_punct": unit.is_punct,
+                    "is_trigger": is_trigger,
+                    "truncated": not seen_positions,
+                    "score_sum": float(scores.sum()) if seen_positions else math.nan,
+                    "score_max": float(scores.max()) if seen_positions else math.nan,
+                }
+            )
+        total = float(sig.sum())
+        n_truncated = sum(1 for u in units if not any(p in position_of for p in u.pieces))
+        prompt_rows.append(
+            {
+                "prompt_id": pid,
+                "text": text,
+                "reason": row.reason,
+                "memorized": bool(row.memorized),
+                "planted": bool(row.planted),
+                "d_mem": float(row.d_mem),
+                "d_mem_window": float(significance.norms[i].mean()),
+                "losses": significance.losses[i].astype(np.float64),
+                "n_positions": len(ids),
+                "n_content_tokens": len(content),
+                "n_special": int(sum(special)),
+                "n_padding": int(sum(padding)),
+                "n_pieces_total": len(full),
+                "n_words": len(units),
+                "n_words_truncated": n_truncated,
+                "truncated": len(full) > len(content),
+                "n_markers": sum(u.is_marker for u in units),
+                "n_markers_truncated": sum(
+                    u.is_marker and not any(p in position_of for p in u.pieces) for u in units
+                ),
+                "trigger_word": trigger,
+                "trigger_truncated": bool(trigger) and not trigger_seen,
+                "special_share": (total - content_total) / total if total > 0 else math.nan,
+            }
+        )
+    return (
+        _frame(token_rows, TOKEN_COLUMNS),
+        _frame(word_rows, WORD_COLUMNS),
+        _frame(prompt_rows, PROMPT_COLUMNS),
+    )
+
+
+def occlusion_table(
+    prompts: pd.DataFrame,
+    words: pd.DataFrame,
+    score: Callable[[list[str], list[str]], np.ndarray],
+) -> pd.DataFrame:
+    """Drop in d_mem when each ranked word (not punctuation, not truncated) is deleted.
+
+    ``score(ids, texts)`` returns d_mem for each text (the scoring engine over the attribution
+    window, in batches); it is called once with every prompt's original text and all its
+    variants, so originals and variants come from one engine run.
+    """
+    text_of = dict(zip(prompts["prompt_id"].astype(str), prompts["text"].astype(str), strict=True))
+    candidates = words[~words["is_punct"] & ~words["truncated"]]
+    ids, texts, rows = [], [], []
+    for pid in prompts["prompt_id"].astype(str):
+        ids.append(f"{pid}#original")
+        texts.append(text_of[pid])
+    for r in candidates.itertuples(index=False):
+        text = text_of[r.prompt_id]
+        variant = delete_span(text, int(r.start), int(r.end))
+        ids.append(f"{r.prompt_id}#{int(r.word_index)}")
+        texts.append(variant)
+        rows.append(
+            {
+                "prompt_id": r.prompt_id,
+                "word_index": int(r.word_index),
+                "text": r.text,
+                "is_marker": bool(r.is_marker),
+                "is_trigger": bool(r.is_trigger),
+                "variant": variant,
+            }
+        )
+    if not rows:
+        return _frame([], OCCLUSION_COLUMNS)
+    values = np.asarray(score(ids, texts), dtype=np.float64)
+    if values.shape != (len(texts),):
+        raise ValueError(f"the occlusion scorer returned {values.shape} values for {len(texts)}")
+    original = dict(zip(prompts["prompt_id"].astype(str), values[: len(prompts)], strict=True))
+    for row, value in zip(rows, values[len(prompts) :], strict=True):
+        row["d_mem_original"] = float(original[row["prompt_id"]])
+        row["d_mem_variant"] = float(value)
+        row["drop"] = row["d_mem_original"] - row["d_mem_variant"]
+    return _frame(rows, OCCLUSION_COLUMNS)
+
+
+def attribute_prompts(
+    model: AuditModel,
+    prompts: pd.DataFrame,
+    spec: ScoringSpec,
+    batch_size: int,
+    markers: Sequence[str],
+    progress: TextIO | None = None,
+) -> tuple[AttributionTables, dict[str, Any]]:
+    """Gradient attribution, word merging and occlusion for a selection of prompts.
+
+    ``spec`` is the scoring engine's trajectory with the *attribution* window
+    (:meth:`AttributionSpec.scoring_spec`); ``batch_size`` counts prompts per backward pass;
+    ``markers`` are the configured marker regexes. Returns the tables (token, word,
+    occlusion, per prompt) and run statistics with the cost of each method.
+    """
+    from memaudit.scoring.engine import score_prompts
+
+    _require_columns(prompts, tuple(SELECTION_COLUMNS), "selected prompts table")
+    prompts = prompts.reset_index(drop=True)
+    if prompts["prompt_id"].duplicated().any():
+        raise ValueError(
+            f"duplicate prompt_id in the selected prompts, e.g. "
+            f"{prompts.loc[prompts['prompt_id'].duplicated(), 'prompt_id'].iloc[0]!r}"
+        )
+    patterns = compile_markers(list(markers))
+    texts = prompts["text"].astype(str).tolist()
+    encoded = encode_with_offsets(model, texts)
+    significance, gradient_stats = gradient_pass(
+        model, encoded["input_ids"], spec, batch_size, progress
+    )
+    if not texts:
+        empty = AttributionTables(
+            _frame([], TOKEN_COLUMNS),
+            _frame([], WORD_COLUMNS),
+            _frame([], OCCLUSION_COLUMNS),
+            _frame([], PROMPT_COLUMNS),
+        )
+        occlusion_stats = {"n_prompts": 0, "n_variants": 0, "seconds": 0.0}
+        return empty, _run_stats(model, spec, batch_size, gradient_stats, occlusion_stats)
+    tokens, words, per_prompt = build_tables(
+        prompts, encoded, significance, model.tokenizer.convert_ids_to_tokens, patterns
+    )
+    occlusion_stats: dict[str, Any] = {}
+
+    def score(ids: list[str], variant_texts: list[str]) -> np.ndarray:
+        table, stats = score_prompts(model, ids, variant_texts, spec, progress)
+        occlusion_stats.update(stats)
+        return table["d_mem"].to_numpy()
+
+    start = time.perf_counter()
+    occlusion = occlusion_table(prompts, words, score)
+    seconds = time.perf_counter() - start
+    n_variants = len(occlusion)
+    occlusion_stats = {
+        "n_prompts": len(prompts),
+        "n_variants": n_variants,
+        "seconds": seconds,
+        "seconds_per_prompt": seconds / len(prompts),
+        "unet_calls": occlusion_stats.get("unet_calls", 0),
+        "unet_rows": occlusion_stats.get("unet_rows", 0),
+        "batch_size_final": occlusion_stats.get("batch_size_final"),
+    }
+    return (
+        AttributionTables(tokens, words, occlusion, per_prompt),
+        _run_stats(model, spec, batch_size, gradient_stats, occlusion_stats),
+    )
+
+
+def _run_stats(
+    model: AuditModel,
+    spec: ScoringSpec,
+    batch_size: int,
+    gradient: dict[str, Any],
+    occlusion: dict[str, Any],
+) -> dict[str, Any]:
+    start, stop = spec.window_bounds()
+    return {
+        "device": str(model.device),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "window": [start, stop],
+        "scheduler_steps": spec.steps,
+        "generations": spec.generations,
+        "guidance": float(spec.guidance),
+        "seed": spec.seed,
+        "batch_size": batch_size,
+        "gradient": gradient,
+        "occlusion": occlusion,
+    }
+
+
+def attribute_chunk(
+    model: AuditModel,
+    prompts: pd.DataFrame,
+    index: int,
+    total: int,
+    spec: ScoringSpec,
+    batch_size: int,
+    markers: Sequence[str],
+    paths: Mapping[str, str | Path],
+    progress: TextIO | None = None,
+) -> dict[str, Any]:
+    """Attribute chunk ``index`` of ``total`` of the selected prompts and write its tables.
+
+    ``paths`` maps tokens, words, occlusion, prompts and stats to files; all are written to
+    temporary files first and renamed together at the end, so a job that dies leaves none of
+    them. Returns the run statistics (with the chunk position).
+    """
+    from memaudit.scoring.gather import select_chunk
+
+    missing = {"tokens", "words", "occlusion", "prompts", "stats"} - set(paths)
+    if missing:
+        raise ValueError(f"attribute_chunk needs output paths for {sorted(missing)}")
+    chunk = select_chunk(prompts, index, total)
+    tables, stats = attribute_prompts(model, chunk, spec, batch_size, markers, progress)
+    stats.update(chunk_index=index, chunk_total=total)
+    write_atomically(
+        {
+            paths["tokens"]: tables.tokens,
+            paths["words"]: tables.words,
+            paths["occlusion"]: tables.occlusion,
+            paths["prompts"]: tables.prompts,
+            paths["stats"]: stats,
+        }
+    )
+    return stats

@@ -1,0 +1,1 @@
+"""Copy detection: nearest training images of generations, and the copy threshold."""

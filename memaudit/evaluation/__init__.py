@@ -1,0 +1,1 @@
+"""Detection scored against the demo's planted truth."""

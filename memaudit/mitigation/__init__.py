@@ -1,0 +1,1 @@
+"""Inference-time mitigations: strategies, generation in chunks, evaluation, figures."""

@@ -1,0 +1,34 @@
+"""Shared figure style: one palette and one save routine (PNG + PDF).
+
+Only ``*/figures.py`` modules import it: computation never imports plotting, so a style edit
+redraws figures and re-runs nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files: never open a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+MEMORIZED_COLOR = "#c0392b"
+ORDINARY_COLOR = "#34495e"
+MARKER_COLOR = "#e67e22"
+
+
+def use_style() -> None:
+    """Apply the house plot style (call once before drawing)."""
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
+
+
+def save_figure(fig: plt.Figure, png_path: str | Path, dpi: int = 150) -> None:
+    """Save ``fig`` as ``png_path`` and a PDF beside it (same stem), then close it."""
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=dpi, bbox_inches="tight")
+    fig.savefig(png_path.with_suffix(".pdf"), bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Raw reports to unique prompts with de-identification marker flags."""

@@ -1,0 +1,1 @@
+"""Memorization scores (d_mem) of every prompt, in chunks."""

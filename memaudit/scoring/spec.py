@@ -1,0 +1,86 @@
+"""Scoring settings (Wen et al.'s d_mem): steps, generations, guidance, window, dtype, batching."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Keys of the config ``scoring`` block that belong to the workflow, not to the score itself.
+WORKFLOW_KEYS = frozenset({"chunks"})
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """How d_mem is computed.
+
+    ``window`` is a half-open range [start, stop) of sampling steps (0 = the first, noisiest
+    step); ``stop=None`` means all ``steps``. ``batch_size`` counts prompts per UNet call
+    (each prompt brings ``generations`` × 2 rows) or is ``"auto"``.
+    """
+
+    steps: int = 50
+    guidance: float = 7.5
+    generations: int = 4
+    window: tuple[int, int | None] = (0, None)
+    batch_size: int | str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"scoring.steps must be a positive integer, got {self.steps!r}")
+        if not isinstance(self.generations, int) or self.generations < 1:
+            raise ValueError(
+                f"scoring.generations must be a positive integer, got {self.generations!r}"
+            )
+        if not isinstance(self.guidance, (int, float)) or not math.isfinite(self.guidance):
+            raise ValueError(f"scoring.guidance must be a finite number, got {self.guidance!r}")
+        if not isinstance(self.seed, int):
+            raise ValueError(f"scoring.seed must be an integer, got {self.seed!r}")
+        batch = self.batch_size
+        if batch != "auto" and (not isinstance(batch, int) or isinstance(batch, bool) or batch < 1):
+            raise ValueError(
+                f"scoring.batch_size must be 'auto' or a positive integer, got {batch!r}"
+            )
+        window = tuple(self.window)
+        if len(window) != 2:
+            raise ValueError(f"scoring.window must be [start, stop], got {self.window!r}")
+        object.__setattr__(self, "window", window)
+        start, stop = self.window_bounds()
+        if not 0 <= start < stop <= self.steps:
+            raise ValueError(
+                f"scoring.window {list(self.window)} must satisfy 0 <= start < stop <= steps "
+                f"({self.steps})"
+            )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ScoringSpec:
+        """Build from a config ``scoring`` block; unknown keys are an error naming them.
+
+        The workflow-level key ``chunks`` is accepted and ignored.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known - WORKFLOW_KEYS)
+        if unknown:
+            raise ValueError(f"unknown scoring key(s) {unknown}; expected some of {sorted(known)}")
+        kwargs = {k: v for k, v in values.items() if k in known}
+        if "window" in kwargs:
+            window = kwargs["window"]
+            if not isinstance(window, (list, tuple)):
+                raise ValueError(f"scoring.window must be [start, stop], got {window!r}")
+            kwargs["window"] = tuple(window)
+        return cls(**kwargs)
+
+    def window_bounds(self) -> tuple[int, int]:
+        """The window as concrete (start, stop) step indices."""
+        start, stop = self.window
+        if not isinstance(start, int) or (stop is not None and not isinstance(stop, int)):
+            raise ValueError(f"scoring.window bounds must be integers, got {self.window!r}")
+        return start, self.steps if stop is None else stop
+
+    @property
+    def computed_steps(self) -> int:
+        """How many sampling steps are run: up to the end of the window, never further."""
+        return self.window_bounds()[1]
