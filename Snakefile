@@ -19,15 +19,20 @@ include: "workflow/rules/attribution.smk"
 include: "workflow/rules/copy_detection.smk"
 include: "workflow/rules/mitigation.smk"
 include: "workflow/rules/share.smk"
+include: "workflow/rules/report.smk"
 
 
 localrules:
     all,
+    count_markers,
     plot_prompt_frequency,
+    plot_training_curve,
+    plot_demo_generations,
     gather_scores,
     threshold_scores,
     plot_score_distribution,
     evaluate_detection,
+    plot_per_step_auc,
     select_attribution_prompts,
     gather_attribution,
     summarize_attribution,
@@ -38,6 +43,7 @@ localrules:
     plot_mitigation_grid,
     plot_mitigation_diversity,
     make_share_bundle,
+    summarize_audit,
 
 
 rule all:

@@ -3,7 +3,7 @@
 Not a test: run it by hand and read the table.
 
     python benchmarks/bench_scoring.py                        # demo-size random model, CPU
-    python benchmarks/bench_scoring.py --model-dir results/demo/model
+    python benchmarks/bench_scoring.py --model-dir results/model/demo
     python benchmarks/bench_scoring.py --radedit-size --dtype bfloat16 --prompts 64   # GPU
 
 The per-prompt loop is the seed paper's way of scoring: for each prompt, one
@@ -51,7 +51,7 @@ from memaudit.diffusion import initial_noise
 from memaudit.model.loading import AuditModel, load_model, radedit_scheduler
 from memaudit.scoring.engine import score_prompts
 from memaudit.scoring.spec import ScoringSpec
-from memaudit.text import prompt_id  # noqa: E402
+from memaudit.text import prompt_id
 
 FINDINGS = [
     "no acute cardiopulmonary process",
@@ -90,8 +90,9 @@ def peak_rss_mb() -> float:
 
 
 def demo_size_model(prompts: list[str], device: torch.device) -> AuditModel:
-    """The demo architecture (memaudit.training defaults) with random weights."""
-    from memaudit.model.training import TrainSpec, build_demo_model
+    """The demo architecture (the schema's train defaults) with random weights."""
+    from memaudit.model.spec import TrainSpec
+    from memaudit.model.training import build_demo_model
 
     return build_demo_model(prompts, TrainSpec(), device=device)
 
@@ -241,7 +242,7 @@ def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", help="a demo model folder (kind: demo)")
     parser.add_argument("--radedit-size", action="store_true", help="RadEdit-size random model")
@@ -271,24 +272,18 @@ def main(argv: list[str] | None = None) -> int:
         help="allow TF32 convolutions/matmuls on the GPU (off: float32 means float32)",
     )
     args = parser.parse_args(argv)
-
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[args.dtype or "float32"]
-    if device.type == "cpu" and dtype != torch.float32:
+    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.torch_dtype = DTYPES[args.dtype or "float32"]
+    if args.device.type == "cpu" and args.torch_dtype != torch.float32:
         parser.error("only --dtype float32 is supported on CPU (bfloat16 UNets crash some CPUs)")
-    if device.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = args.tf32
-        torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    cpu_smoke = args.radedit_size and device.type == "cpu"
-    generations = args.generations or (1 if cpu_smoke else 4)
-    if cpu_smoke and args.generations is None and args.loop_prompts is None:
-        print("CPU RadEdit-size smoke check: 1 generation, the loop scores 1 prompt")
-    batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
-    texts = make_prompts(args.prompts)
-    ids = [prompt_id(t) for t in texts]
-    loop_n = min(args.loop_prompts or (1 if cpu_smoke else len(texts)), len(texts))
+    return args
 
-    t0 = time.perf_counter()
+
+def build_models(
+    args: argparse.Namespace, texts: list[str], cpu_smoke: bool
+) -> tuple[AuditModel, AuditModel, AutoencoderKL, str, str]:
+    """(the float32 model, the engine's model in its dtype, the loop's VAE, labels)."""
+    device = args.device
     if args.radedit_size:
         model = radedit_size_model(texts, device)
         label = "RadEdit-size random UNet (4x64x64, SD-1 sizes) + BERT-768x12, 128 tokens"
@@ -303,40 +298,14 @@ def main(argv: list[str] | None = None) -> int:
         vae_size = "model" if model.vae is not None else ("full" if args.radedit_size else "tiny")
         if cpu_smoke:
             vae_size = "tiny"
-    vae = loop_vae(model, vae_size)
-    engine_model = with_dtype(model, dtype)
-    build_s = time.perf_counter() - t0
-    print(f"model: {label}; built in {build_s:.1f} s; device {device}; engine dtype {dtype}")
-    print(
-        f"prompts: engine {len(texts)}, loop {loop_n}; steps {args.steps}, generations "
-        f"{generations}, guidance {args.guidance}, batch {batch}; loop VAE: {vae_size}"
-        + (f"; TF32 {'on' if args.tf32 else 'off'}" if device.type == "cuda" else "")
-    )
+    return model, with_dtype(model, args.torch_dtype), loop_vae(model, vae_size), label, vae_size
 
-    full = ScoringSpec(
-        steps=args.steps,
-        guidance=args.guidance,
-        generations=generations,
-        window=(0, None),
-        batch_size=batch,
-        seed=args.seed,
-    )
-    first = dataclasses.replace(full, window=(0, 1))
 
-    results = {}
-    for name, spec in (("full", full), ("first", first)):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        table, stats = score_prompts(engine_model, ids, texts, spec, progress=sys.stderr)
-        results[name] = (table, stats)
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    loop_norms, loop_s = run_loop(model, vae, texts[:loop_n], full)
-    loop_gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+def print_comparison(
+    results: dict, loop_norms: np.ndarray, loop_s: float, loop_n: int, steps: int
+) -> None:
+    """The engine against the loop, full trajectory and first step."""
     loop_rate = loop_n / loop_s
-
-    print()
     header = (
         f"{'mode':<7} {'engine prompts/s':>17} {'loop prompts/s':>15} {'speed-up':>9} "
         f"{'max rel diff':>13} {'spearman':>9} {'engine batch':>13} {'UNet rows/s':>12} "
@@ -347,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, window in (("full", (0, None)), ("first", (0, 1))):
         table, stats = results[name]
         engine = table["d_mem"].to_numpy()[:loop_n]
-        stop = window[1] or args.steps
+        stop = window[1] or steps
         loop = loop_norms[..., window[0] : stop].mean(axis=(1, 2))
         rho = spearmanr(engine, loop).statistic if loop_n > 2 else float("nan")
         rows_s = stats["unet_rows"] / stats["seconds"]
@@ -357,28 +326,80 @@ def main(argv: list[str] | None = None) -> int:
             f"{stats['prompts_per_s'] / loop_rate:>8.1f}x {rel_diff(engine, loop):>13.2e} "
             f"{rho:>9.4f} {stats['batch_size_final']:>13} {rows_s:>12.1f} {gpu:>12}"
         )
+
+
+def print_projection(engine_model: AuditModel, stats: dict) -> None:
+    """UNet FLOPs, achieved TFLOP/s and hours for 100,000 prompts (RadEdit size)."""
+    flops = flops_per_row(engine_model)
+    rows_s = stats["unet_rows"] / stats["seconds"]
+    b = stats["batch_size_final"]
+    rows_full = 2 * 4 * 50 - 4 + 4 / b  # 50 steps x 4 generations, shared first step
+    rows_first = 4 + 4 / b
+    print()
+    print(f"UNet FLOPs per row (one latent): {flops / 1e9:.1f} GFLOP")
+    print(f"engine UNet evaluations/s: {rows_s:.2f}; achieved {flops * rows_s / 1e12:.2f} TFLOP/s")
+    for name, rows in (("50 steps x 4 gens", rows_full), ("first step x 4 gens", rows_first)):
+        hours = 100_000 * rows / rows_s / 3600
+        print(f"projected for 100,000 prompts, {name}: {hours:.2f} h ({rows:.0f} rows/prompt)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    # 1. Settings
+    args = parse_args(argv)
+    device = args.device
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    cpu_smoke = args.radedit_size and device.type == "cpu"
+    generations = args.generations or (1 if cpu_smoke else 4)
+    if cpu_smoke and args.generations is None and args.loop_prompts is None:
+        print("CPU RadEdit-size smoke check: 1 generation, the loop scores 1 prompt")
+    batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    texts = make_prompts(args.prompts)
+    ids = [prompt_id(t) for t in texts]
+    loop_n = min(args.loop_prompts or (1 if cpu_smoke else len(texts)), len(texts))
+    # 2. Models
+    t0 = time.perf_counter()
+    model, engine_model, vae, label, vae_size = build_models(args, texts, cpu_smoke)
+    build_s = time.perf_counter() - t0
+    print(
+        f"model: {label}; built in {build_s:.1f} s; device {device}; engine dtype "
+        f"{args.torch_dtype}"
+    )
+    print(
+        f"prompts: engine {len(texts)}, loop {loop_n}; steps {args.steps}, generations "
+        f"{generations}, guidance {args.guidance}, batch {batch}; loop VAE: {vae_size}"
+        + (f"; TF32 {'on' if args.tf32 else 'off'}" if device.type == "cuda" else "")
+    )
+    # 3. The engine, full trajectory and first step, then the per-prompt loop
+    full = ScoringSpec(
+        steps=args.steps,
+        guidance=args.guidance,
+        generations=generations,
+        window=(0, None),
+        batch_size=batch,
+        seed=args.seed,
+    )
+    results = {}
+    for name, spec in (("full", full), ("first", dataclasses.replace(full, window=(0, 1)))):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        results[name] = score_prompts(engine_model, ids, texts, spec, progress=sys.stderr)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    loop_norms, loop_s = run_loop(model, vae, texts[:loop_n], full)
+    loop_gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    # 4. Report
+    print()
+    print_comparison(results, loop_norms, loop_s, loop_n, args.steps)
     print(
         f"loop: {loop_n} prompts in {loop_s:.1f} s; UNet rows per prompt "
         f"{4 * generations * args.steps} (2 pipeline + 2 callback per step and generation)"
         + (f"; peak GPU {loop_gpu:.0f} MB" if loop_gpu is not None else "")
     )
     print(f"peak CPU RSS (whole process): {peak_rss_mb():.0f} MB")
-
     if args.radedit_size:
-        flops = flops_per_row(engine_model)
-        _, stats = results["full"]
-        rows_s = stats["unet_rows"] / stats["seconds"]
-        b = stats["batch_size_final"]
-        rows_full = 2 * 4 * 50 - 4 + 4 / b  # 50 steps x 4 generations, shared first step
-        rows_first = 4 + 4 / b
-        print()
-        print(f"UNet FLOPs per row (one latent): {flops / 1e9:.1f} GFLOP")
-        print(
-            f"engine UNet evaluations/s: {rows_s:.2f}; achieved {flops * rows_s / 1e12:.2f} TFLOP/s"
-        )
-        for name, rows in (("50 steps x 4 gens", rows_full), ("first step x 4 gens", rows_first)):
-            hours = 100_000 * rows / rows_s / 3600
-            print(f"projected for 100,000 prompts, {name}: {hours:.2f} h ({rows:.0f} rows/prompt)")
+        print_projection(engine_model, results["full"][1])
     return 0
 
 

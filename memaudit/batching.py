@@ -4,6 +4,7 @@ loop.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -13,21 +14,23 @@ from tqdm import tqdm
 
 from memaudit.model.loading import AuditModel
 
-# CPU "auto" batch: aim for this many latent elements per UNet call (rows × C × h × w).
+# CPU "auto" batch: aim for this many latent elements per UNet call (rows x C x h x w).
 _CPU_AUTO_ELEMENTS = 2**18
 
 
-def auto_batch(
-    model: AuditModel, unit_elements: int, cap: int, probe: Callable[[], Any], share: float
+def auto_batch_size(
+    model: AuditModel, rows_per_unit: int, cap: int, share: float, decode: bool = False
 ) -> int:
-    """How many work units (a prompt's rows, an image) one batch may hold.
+    """How many work units (a prompt with its generations, an image) one batch may hold.
 
-    On CPU: a fixed budget of latent elements per UNet call (``unit_elements`` per unit). On a
-    GPU: ``probe()`` runs one unit; the peak memory it takes above what was allocated before
-    sets how many units fit in ``share`` of the free memory. Over-estimates are caught later by
-    halving on out-of-memory errors.
+    A unit takes ``rows_per_unit`` UNet rows per call (both guidance branches counted). On CPU:
+    a fixed budget of latent elements per UNet call. On a GPU: one unit is run (one UNet call,
+    and with ``decode`` one VAE decode of one latent); the peak memory it takes above what was
+    allocated before sets how many units fit in ``share`` of the free memory. Over-estimates
+    are caught later by halving on out-of-memory errors (:func:`run_halving_batches`).
     """
     device = torch.device(model.device)
+    unit_elements = rows_per_unit * math.prod(model.latent_shape)
     if device.type != "cuda":
         return max(1, min(cap, _CPU_AUTO_ELEMENTS // unit_elements))
     torch.cuda.synchronize(device)
@@ -35,11 +38,20 @@ def auto_batch(
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     with torch.no_grad():
-        probe()
+        _probe(model, rows_per_unit, decode)
     torch.cuda.synchronize(device)
     per_unit = max(1, torch.cuda.max_memory_allocated(device) - base)
     free, _total = torch.cuda.mem_get_info(device)
     return max(1, min(cap, int(share * free // per_unit)))
+
+
+def _probe(model: AuditModel, rows: int, decode: bool) -> None:
+    """One unit's work: a UNet call on ``rows`` rows (the empty prompt), then a decode."""
+    latent = torch.zeros((rows, *model.latent_shape), device=model.device, dtype=model.dtype)
+    embeddings = model.encode([""]).expand(rows, -1, -1)
+    model.unet(latent, torch.tensor(999, device=model.device), encoder_hidden_states=embeddings)
+    if decode:
+        model.decode(latent[:1].float())
 
 
 def run_halving_batches(

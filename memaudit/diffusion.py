@@ -1,12 +1,14 @@
 """Diffusion primitives every stage shares: the x_T convention, the scheduler, the UNet call and
-the one guided DDIM sampler.
+the one guided DDIM sampler (:func:`guided_ddim`) that scoring, mitigation and the demo model's
+memorization check all run.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,12 +54,96 @@ def fresh_scheduler(model: AuditModel, steps: int, device: torch.device) -> Any:
     return scheduler
 
 
+# Latents are decoded a few at a time: a VAE decoder needs far more memory per image than the
+# UNet needs per latent, so a batch sized for the UNet could run out of memory at the very end.
 _VAE_DECODE_BATCH = 8
 
 
 # --------------------------------------------------------------------------------------------
 # Sampling
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GuidedStep:
+    """What one step of :func:`guided_ddim` computed, handed to ``on_step`` before the update.
+
+    ``eps_cond`` and ``eps_uncond`` are the float32 noise predictions [B, C, h, w] of the
+    batch's rows with their own and with the empty prompt; ``unet_rows`` is how many rows the
+    step's one UNet call carried.
+    """
+
+    index: int
+    timestep: torch.Tensor
+    eps_cond: torch.Tensor
+    eps_uncond: torch.Tensor
+    unet_rows: int
+
+
+@torch.no_grad()
+def guided_ddim(
+    model: AuditModel,
+    cond: torch.Tensor,
+    x_t: torch.Tensor,
+    uncond: torch.Tensor,
+    steps: int,
+    guidance: float,
+    stop: int | None = None,
+    noise_period: int | None = None,
+    on_step: Callable[[GuidedStep], None] | None = None,
+) -> torch.Tensor:
+    """Classifier-free guided DDIM (eta 0) of one batch; returns the latents, float32.
+
+    Row i starts from ``x_t[i]`` (x_T, [B, C, h, w]) and is conditioned on ``cond[i]``
+    ([B, L, D]); ``uncond`` is the empty prompt's embedding [1, L, D]. Each step is one UNet
+    call on the conditional and unconditional rows together, then
+    ``eps_uncond + guidance * (eps_cond - eps_uncond)`` drives the scheduler step. Latents stay
+    float32 between steps (the UNet runs in the model dtype).
+
+    ``stop`` ends the trajectory after that many of the ``steps`` scheduler steps (the
+    latents returned are those after step ``stop``). ``noise_period`` = G says row i starts
+    from the same x_T as row i mod G (checked): at the first step those rows then have the same
+    input and the same empty prompt, so the unconditional branch is computed for G rows only.
+    ``on_step`` sees every step's predictions (e.g. to take norms of their difference).
+    """
+    # 1. Check inputs
+    stop = steps if stop is None else stop
+    if not 1 <= stop <= steps:
+        raise ValueError(f"stop must be in [1, steps={steps}], got {stop}")
+    rows = int(x_t.shape[0])
+    if int(cond.shape[0]) != rows:
+        raise ValueError(f"{cond.shape[0]} conditioning rows but {rows} starting latents")
+    if noise_period is not None and (
+        noise_period < 1
+        or rows % noise_period
+        or not torch.equal(x_t, x_t[:noise_period].repeat(rows // noise_period, 1, 1, 1))
+    ):
+        raise ValueError(f"x_t does not repeat with period {noise_period}")
+    # 2. Prepare latents and embeddings
+    scheduler = fresh_scheduler(model, steps, model.device)
+    latents = x_t.to(device=model.device, dtype=torch.float32) * scheduler.init_noise_sigma
+    cond = cond.to(device=model.device, dtype=model.dtype)
+    uncond = uncond.to(device=model.device, dtype=model.dtype)
+    context = torch.cat([cond, uncond.expand(rows, -1, -1)])
+    # 3. Denoise
+    for k in range(stop):
+        t = scheduler.timesteps[k]
+        model_input = scheduler.scale_model_input(latents, t)
+        if k == 0 and noise_period is not None:
+            shared = torch.cat([cond, uncond.expand(noise_period, -1, -1)])
+            sample = torch.cat([model_input, model_input[:noise_period]])
+            eps = unet_eps(model, sample, t, shared)
+            eps_cond = eps[:rows]
+            eps_uncond = eps[rows:].repeat(rows // noise_period, 1, 1, 1)
+        else:
+            sample = torch.cat([model_input, model_input])
+            eps = unet_eps(model, sample, t, context)
+            eps_cond, eps_uncond = eps[:rows], eps[rows:]
+        if on_step is not None:
+            on_step(GuidedStep(k, t, eps_cond, eps_uncond, int(sample.shape[0])))
+        guided = eps_uncond + guidance * (eps_cond - eps_uncond)
+        latents = scheduler.step(guided, t, latents, eta=0.0, return_dict=False)[0]
+    return latents
 
 
 @torch.no_grad()
@@ -69,23 +155,11 @@ def sample_images(
     steps: int,
     guidance: float,
 ) -> torch.Tensor:
-    """Full classifier-free guided DDIM sampling (eta 0) of one batch, decoded.
+    """Full guided DDIM sampling (:func:`guided_ddim`) of one batch, decoded.
 
-    Row i starts from ``x_t[i]`` (x_T, [B, C, h, w]) and is conditioned on ``cond[i]``
-    ([B, L, D]); ``uncond`` is the empty prompt's embedding [1, L, D]. Returns grayscale
-    float32 images [B, H, W] in [0, 1] at the model's output size. Latents stay float32
-    between steps (the UNet runs in the model dtype), as in the scoring engine.
+    Returns grayscale float32 images [B, H, W] in [0, 1] at the model's output size.
     """
-    scheduler = fresh_scheduler(model, steps, model.device)
-    latents = x_t.to(device=model.device, dtype=torch.float32) * scheduler.init_noise_sigma
-    cond = cond.to(device=model.device, dtype=model.dtype)
-    context = torch.cat([cond, uncond.to(model.device, model.dtype).expand(len(cond), -1, -1)])
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(latents, t)
-        eps = unet_eps(model, torch.cat([model_input, model_input]), t, context)
-        eps_cond, eps_uncond = eps.chunk(2)
-        guided = eps_uncond + guidance * (eps_cond - eps_uncond)
-        latents = scheduler.step(guided, t, latents, eta=0.0, return_dict=False)[0]
+    latents = guided_ddim(model, cond, x_t, uncond, steps, guidance)
     step = _VAE_DECODE_BATCH if model.vae is not None else max(1, len(latents))
     images = [model.decode(latents[i : i + step]) for i in range(0, len(latents), step)]
     return torch.cat(images).float().cpu()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -36,3 +37,11 @@ def compile_markers(patterns: list[str]) -> list[re.Pattern[str]]:
         except re.error as err:
             raise ValueError(f"marker regex {pattern!r} does not compile: {err}") from err
     return compiled
+
+
+def marker_pattern(markers: Sequence[str]) -> re.Pattern[str] | None:
+    """One regex matching any configured marker (left to right, one pass); None if none."""
+    compiled = compile_markers(list(markers))
+    if not compiled:
+        return None
+    return re.compile("|".join(f"(?:{p.pattern})" for p in compiled))

@@ -8,7 +8,7 @@ touch the network. Every builder seeds torch itself, so two calls give identical
   separate VAE, a CXR-BERT-style text encoder without ``model_type`` whose weights carry the
   ``bert.`` prefix and masked-LM / projection heads); returns a ready ``model:`` config block.
 - :func:`make_tiny_diffusers_dir` - a Stable-Diffusion-style folder with ``model_index.json``.
-- :func:`tiny_audit_model` - an :class:`~memaudit.models.AuditModel` in memory, fast.
+- :func:`tiny_audit_model` - an :class:`~memaudit.model.loading.AuditModel` in memory, fast.
 
 Import as ``from tests.tiny_components import ...`` (run pytest as ``python -m pytest`` from
 the repository root).
@@ -27,7 +27,8 @@ from safetensors.torch import save_file
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
 from memaudit.model.loading import AuditModel, load_model
-from memaudit.model.training import TrainSpec, build_demo_model, save_demo_model
+from memaudit.model.spec import TrainSpec
+from memaudit.model.training import build_demo_model, save_demo_model
 
 # A few report-like captions, two with the de-identification marker.
 TINY_CAPTIONS = [

@@ -1,4 +1,4 @@
-"""Token attribution: which tokens of a memorized prompt drive its memorization score.
+"""Token attribution engine: which tokens of a memorized prompt drive its memorization score.
 
 **Gradient significance (Wen et al.).** For prompt p with conditional embedding e_p (the text
 encoder output, [L, D]) and sampling step t of the guided DDIM trajectory x_t^j (the same
@@ -16,37 +16,25 @@ finite difference of the conditional embedding and show that the unconditional o
 Several prompts share one backward pass: each prompt's L depends only on its own embedding, so
 the gradient of the sum of the L's is every prompt's own gradient.
 
-**Word level.** Sub-tokens are merged into word units with the tokenizer's offset mapping: a
-unit is a maximal run of pieces whose character spans touch (BERT WordPiece splits ``___`` into
-three ``_`` pieces and words into ``##`` pieces), with two refinements: every match of a
-configured marker regex is one unit of its own (also when split into pieces or glued to
-punctuation or a word), and punctuation-only pieces at the start or end of a run are split off
-as punctuation units (kept and flagged, not ranked), so ``Dr.`` is the word ``Dr`` plus ``.``
-while ``10:30`` and ``x-ray`` stay one word. A word's score is the sum (or max) of its pieces.
+**Words.** The model's own tokenization, with character offsets (:func:`encode_with_offsets`),
+locates every piece; pieces are merged into words (:mod:`memaudit.attribution.words`) and the
+token, word and per-prompt tables are built (:func:`memaudit.attribution.tables.build_tables`).
 
 **Occlusion.** Each ranked word is deleted from the prompt text and the variants are re-scored
 with the scoring engine over the same step window; drop = d_mem(original) − d_mem(variant).
 
-**Aggregates.** Per word type (and pooled over all markers, and on the demo over all planted
-trigger words): the best rank of the type in each prompt, the fraction of prompts where it
-ranks first, its share of the prompt's significance, with bootstrap confidence intervals over
-prompts (seeded by the type's name, not by row order).
-
-Every function is pure and snakemake-free; :mod:`memaudit.scoring` (hence diffusers and
-transformers) is imported only by the functions that run the model, so the table, statistics
-and figure functions also work in the light CPU environment.
+The functions here are snakemake-free and run the model; the tables, statistics and figures
+live in modules that need no model, for the CPU rules.
 """
 
 from __future__ import annotations
 
-import math
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import pandas as pd
@@ -54,23 +42,25 @@ import torch
 from tqdm import tqdm
 
 from memaudit.atomic import write_atomically
-from memaudit.attribution.selection import SELECTION_COLUMNS
 from memaudit.attribution.tables import (
     OCCLUSION_COLUMNS,
     PROMPT_COLUMNS,
     TOKEN_COLUMNS,
     WORD_COLUMNS,
     AttributionTables,
-    _frame,
-    _require_columns,
+    build_tables,
+    require_columns,
+    typed_frame,
 )
-from memaudit.attribution.words import delete_span, encode_with_offsets, trigger_span, word_units
+from memaudit.attribution.words import delete_span
+from memaudit.batching import run_halving_batches
+from memaudit.diffusion import fresh_scheduler, initial_noise, unet_eps
+from memaudit.model.loading import AuditModel
+from memaudit.scoring.engine import score_prompts
+from memaudit.scoring.gather import select_chunk
+from memaudit.scoring.spec import ScoringSpec
+from memaudit.selection import SELECTION_COLUMNS
 from memaudit.text import compile_markers
-
-if TYPE_CHECKING:
-    from memaudit.model.loading import AuditModel
-    from memaudit.scoring.spec import ScoringSpec
-
 
 # --------------------------------------------------------------------------------------------
 # Gradient significance
@@ -118,15 +108,14 @@ def token_significance(
     """Gradient significance of every position of P conditional embeddings ``cond`` [P, L, D].
 
     ``spec`` gives the trajectory (steps, guidance, generations) and the window; ``noise`` is
-    x_T [generations, C, h, w] from :func:`memaudit.scoring.initial_noise` and ``uncond`` the
+    x_T [generations, C, h, w] from :func:`memaudit.diffusion.initial_noise` and ``uncond`` the
     empty prompt's embedding [1, L, D]. The trajectory is the scoring engine's (guided DDIM,
     eta 0, one shared unconditional prediction per generation at the first step). At a window
     step, the conditional prediction is recomputed from a fresh leaf copy of ``cond`` with
     gradient; x_t and the unconditional prediction carry none. ``keep_gradients`` also returns
     the gradients themselves ([P, W, L, D], for checks and studies; memory grows with W).
     """
-    from memaudit.diffusion import fresh_scheduler, unet_eps
-
+    # 1. Rows are (prompt, generation) pairs; every prompt starts from the same x_T
     counters = counters if counters is not None else {"unet_calls": 0, "unet_rows": 0}
     cond = cond.detach().to(device=model.device, dtype=model.dtype)
     uncond = uncond.detach().to(device=model.device, dtype=model.dtype)
@@ -134,7 +123,6 @@ def token_significance(
     n_gen = spec.generations
     rows = n_prompts * n_gen
     cond_rows = cond.repeat_interleave(n_gen, dim=0)  # steps before the window need no gradient
-    uncond_rows = uncond.expand(rows, -1, -1)
     start, stop = spec.window_bounds()
     scheduler = fresh_scheduler(model, spec.steps, model.device)
     latents = noise.to(model.device).repeat(n_prompts, 1, 1, 1) * scheduler.init_noise_sigma
@@ -147,35 +135,25 @@ def token_significance(
         counters["unet_calls"] += 1
         counters["unet_rows"] += sample_rows
 
+    # 2. Walk the guided trajectory up to the window's end, differentiating inside the window
     with _frozen_parameters(model.unet):
         for k in range(stop):
             t = scheduler.timesteps[k]
             model_input = scheduler.scale_model_input(latents, t).detach()
-            with torch.no_grad():
-                if k == 0:  # every prompt starts from the same x_T^j: share e_∅'s prediction
-                    eps_uncond = unet_eps(
-                        model, model_input[:n_gen], t, uncond.expand(n_gen, -1, -1)
-                    )
-                    eps_uncond = eps_uncond.repeat(n_prompts, 1, 1, 1)
-                    count(n_gen)
-                else:
-                    eps_uncond = unet_eps(model, model_input, t, uncond_rows)
-                    count(rows)
+            eps_uncond, uncond_rows = _unconditional_eps(
+                model, model_input, t, uncond, n_prompts, n_gen, first_step=k == 0
+            )
+            count(uncond_rows)
             if k >= start:
-                leaf = cond.clone().requires_grad_(True)
-                with torch.enable_grad():
-                    eps_cond = unet_eps(model, model_input, t, leaf.repeat_interleave(n_gen, dim=0))
-                    diff = eps_cond - eps_uncond
-                    loss = diff.reshape(n_prompts, -1).norm(dim=1)  # one norm over all generations
-                    (grad,) = torch.autograd.grad(loss.sum(), leaf)
+                eps_cond, grad, loss, per_gen = _conditional_gradient(
+                    model, model_input, t, cond, eps_uncond, n_gen
+                )
                 count(rows)
-                significance += grad.detach().double().norm(dim=-1).cpu()
+                significance += grad.double().norm(dim=-1).cpu()
                 if keep_gradients:
-                    gradients.append(grad.detach().double().cpu())
-                losses[:, k - start] = loss.detach().double().cpu()
-                per_gen = diff.detach().flatten(1).norm(dim=1).double().cpu()
-                norms[:, :, k - start] = per_gen.reshape(n_prompts, n_gen)
-                eps_cond = eps_cond.detach()
+                    gradients.append(grad.double().cpu())
+                losses[:, k - start] = loss.double().cpu()
+                norms[:, :, k - start] = per_gen.double().cpu()
             else:
                 with torch.no_grad():
                     eps_cond = unet_eps(model, model_input, t, cond_rows)
@@ -184,9 +162,56 @@ def token_significance(
                 with torch.no_grad():
                     guided = eps_uncond + spec.guidance * (eps_cond - eps_uncond)
                     latents = scheduler.step(guided, t, latents, eta=0.0, return_dict=False)[0]
+    # 3. The mean over the window
     significance /= stop - start
     kept = torch.stack(gradients, dim=1).numpy() if keep_gradients else None
     return Significance(significance.numpy(), losses.numpy(), norms.numpy(), kept)
+
+
+def _unconditional_eps(
+    model: AuditModel,
+    model_input: torch.Tensor,
+    t: torch.Tensor,
+    uncond: torch.Tensor,
+    n_prompts: int,
+    n_gen: int,
+    first_step: bool,
+) -> tuple[torch.Tensor, int]:
+    """ε(x_t, e_∅) of every row, without gradient, and the UNet rows it took.
+
+    At the first step every prompt's x_T^j is the same, so one prediction per generation
+    serves all prompts.
+    """
+    with torch.no_grad():
+        if first_step:
+            eps = unet_eps(model, model_input[:n_gen], t, uncond.expand(n_gen, -1, -1))
+            return eps.repeat(n_prompts, 1, 1, 1), n_gen
+        rows = n_prompts * n_gen
+        return unet_eps(model, model_input, t, uncond.expand(rows, -1, -1)), rows
+
+
+def _conditional_gradient(
+    model: AuditModel,
+    model_input: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    eps_uncond: torch.Tensor,
+    n_gen: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ε(x_t, e_p) and ∂L_t/∂e_p at one step, from a fresh leaf copy of ``cond`` [P, L, D].
+
+    Returns (ε of every row [P·n, C, h, w], the gradient [P, L, D], L_t [P], the per-generation
+    norms [P, n]), all detached.
+    """
+    n_prompts = cond.shape[0]
+    leaf = cond.clone().requires_grad_(True)
+    with torch.enable_grad():
+        eps_cond = unet_eps(model, model_input, t, leaf.repeat_interleave(n_gen, dim=0))
+        diff = eps_cond - eps_uncond
+        loss = diff.reshape(n_prompts, -1).norm(dim=1)  # one norm over all generations
+        (grad,) = torch.autograd.grad(loss.sum(), leaf)
+    per_gen = diff.detach().flatten(1).norm(dim=1).reshape(n_prompts, n_gen)
+    return eps_cond.detach(), grad.detach(), loss.detach(), per_gen
 
 
 def gradient_pass(
@@ -202,9 +227,6 @@ def gradient_pass(
     On a GPU a batch that runs out of memory is re-run with half as many prompts (kept for the
     rest of the pass); the statistics say how often.
     """
-    from memaudit.batching import run_halving_batches
-    from memaudit.diffusion import initial_noise
-
     n = int(input_ids.shape[0])
     start_time = time.perf_counter()
     device = torch.device(model.device)
@@ -265,129 +287,52 @@ def gradient_pass(
     return result, stats
 
 
-def build_tables(
-    prompts: pd.DataFrame,
-    encoded: Mapping[str, Any],
-    significance: Significance,
-    tokens_of: Callable[[list[int]], list[str]],
-    markers: Sequence[re.Pattern[str]],
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Token, word and per-prompt tables from the tokenization and the significance.
+# --------------------------------------------------------------------------------------------
+# Tokenization with offsets
+# --------------------------------------------------------------------------------------------
 
-    ``prompts`` is the selection (prompt_id, text, reason, ... , trigger_word,
-    trigger_word_index), in the row order of ``encoded`` and ``significance``;
-    ``tokens_of`` maps ids to token strings. Returns (tokens, words, per prompt).
+
+def encode_with_offsets(model: AuditModel, texts: Sequence[str]) -> dict[str, Any]:
+    """The model's own tokenization (padded/truncated to ``max_length``) with offsets and
+    special-token masks, plus every prompt's untruncated pieces (special tokens left out).
+
+    Needs a fast (Rust ``tokenizers``) tokenizer: only those report character offsets.
     """
-    token_rows: list[dict[str, Any]] = []
-    word_rows: list[dict[str, Any]] = []
-    prompt_rows: list[dict[str, Any]] = []
-    for i, row in enumerate(prompts.itertuples(index=False)):
-        pid, text = str(row.prompt_id), str(row.text)
-        ids = encoded["input_ids"][i].tolist()
-        offsets = encoded["offsets"][i]
-        padding = [not a for a in encoded["attention"][i]]
-        special = [s and not p for s, p in zip(encoded["special"][i], padding, strict=True)]
-        content = [k for k in range(len(ids)) if not special[k] and not padding[k]]
-        full = encoded["full_offsets"][i]
-        if len(content) > len(full) or any(
-            tuple(offsets[k]) != tuple(full[j]) for j, k in enumerate(content)
-        ):
-            raise ValueError(
-                f"prompt {pid}: the truncated and untruncated tokenizations disagree (the "
-                "tokenizer's pieces are not a prefix of each other); cannot locate words"
-            )
-        position_of = dict(enumerate(content))  # untruncated piece index -> position seen
-        units = word_units(text, full, markers)
-        word_of_piece = {p: u.index for u in units for p in u.pieces}
-        sig = significance.significance[i]
-        content_total = float(sig[content].sum()) if content else 0.0
-        content_rank = pd.Series(sig[content]).rank(ascending=False, method="min").tolist()
-        rank_of = dict(zip(content, content_rank, strict=True))
-        token_strings = tokens_of(ids)
-        piece_of_position = {k: j for j, k in position_of.items()}
-        for k, token_id in enumerate(ids):
-            piece = piece_of_position.get(k)
-            token_rows.append(
-                {
-                    "prompt_id": pid,
-                    "position": k,
-                    "token_id": int(token_id),
-                    "token": token_strings[k],
-                    "start": int(offsets[k][0]),
-                    "end": int(offsets[k][1]),
-                    "is_special": special[k],
-                    "is_padding": padding[k],
-                    "word_index": word_of_piece.get(piece, -1) if piece is not None else -1,
-                    "significance": float(sig[k]),
-                    "rank": rank_of.get(k, math.nan),
-                    "share": float(sig[k]) / content_total
-                    if k in rank_of and content_total
-                    else math.nan,
-                }
-            )
-        trigger = row.trigger_word if isinstance(row.trigger_word, str) else None
-        trigger_at = trigger_span(text, trigger, int(row.trigger_word_index)) if trigger else None
-        trigger_seen = False
-        for unit in units:
-            seen_positions = [position_of[p] for p in unit.pieces if p in position_of]
-            scores = sig[seen_positions] if seen_positions else np.zeros(0)
-            is_trigger = bool(
-                trigger_at and unit.start < trigger_at[1] and trigger_at[0] < unit.end
-            )
-            trigger_seen |= is_trigger and bool(seen_positions)
-            word_rows.append(
-                {
-                    "prompt_id": pid,
-                    "word_index": unit.index,
-                    "text": unit.text,
-                    "word_type": unit.text.casefold(),
-                    "start": unit.start,
-                    "end": unit.end,
-                    "n_pieces": len(unit.pieces),
-                    "n_pieces_seen": len(seen_positions),
-                    "positions": np.asarray(seen_positions, dtype=np.int64),
-                    "is_marker": unit.is_marker,
-                    "is_punct": unit.is_punct,
-                    "is_trigger": is_trigger,
-                    "truncated": not seen_positions,
-                    "score_sum": float(scores.sum()) if seen_positions else math.nan,
-                    "score_max": float(scores.max()) if seen_positions else math.nan,
-                }
-            )
-        total = float(sig.sum())
-        n_truncated = sum(1 for u in units if not any(p in position_of for p in u.pieces))
-        prompt_rows.append(
-            {
-                "prompt_id": pid,
-                "text": text,
-                "reason": row.reason,
-                "memorized": bool(row.memorized),
-                "planted": bool(row.planted),
-                "d_mem": float(row.d_mem),
-                "d_mem_window": float(significance.norms[i].mean()),
-                "losses": significance.losses[i].astype(np.float64),
-                "n_positions": len(ids),
-                "n_content_tokens": len(content),
-                "n_special": int(sum(special)),
-                "n_padding": int(sum(padding)),
-                "n_pieces_total": len(full),
-                "n_words": len(units),
-                "n_words_truncated": n_truncated,
-                "truncated": len(full) > len(content),
-                "n_markers": sum(u.is_marker for u in units),
-                "n_markers_truncated": sum(
-                    u.is_marker and not any(p in position_of for p in u.pieces) for u in units
-                ),
-                "trigger_word": trigger,
-                "trigger_truncated": bool(trigger) and not trigger_seen,
-                "special_share": (total - content_total) / total if total > 0 else math.nan,
-            }
+    tokenizer = model.tokenizer
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"token attribution needs a fast tokenizer with an offset mapping; the model's "
+            f"tokenizer {type(tokenizer).__name__} is not one (load it as a "
+            "PreTrainedTokenizerFast)"
         )
-    return (
-        _frame(token_rows, TOKEN_COLUMNS),
-        _frame(word_rows, WORD_COLUMNS),
-        _frame(prompt_rows, PROMPT_COLUMNS),
+    texts = list(texts)
+    if not texts:
+        return {"input_ids": torch.zeros((0, model.max_length), dtype=torch.long)}
+    seen = model.tokenize(texts, return_offsets_mapping=True, return_special_tokens_mask=True)
+    full = tokenizer(
+        texts,
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        truncation=False,
+        verbose=False,
     )
+    attention = seen.get("attention_mask")
+    return {
+        "input_ids": seen["input_ids"],
+        "offsets": seen["offset_mapping"].tolist(),
+        "special": seen["special_tokens_mask"].bool().tolist(),
+        "attention": (
+            attention.bool().tolist()
+            if attention is not None
+            else [[True] * seen["input_ids"].shape[1]] * len(texts)
+        ),
+        "full_offsets": [list(map(tuple, o)) for o in full["offset_mapping"]],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Occlusion
+# --------------------------------------------------------------------------------------------
 
 
 def occlusion_table(
@@ -423,7 +368,7 @@ def occlusion_table(
             }
         )
     if not rows:
-        return _frame([], OCCLUSION_COLUMNS)
+        return typed_frame([], OCCLUSION_COLUMNS)
     values = np.asarray(score(ids, texts), dtype=np.float64)
     if values.shape != (len(texts),):
         raise ValueError(f"the occlusion scorer returned {values.shape} values for {len(texts)}")
@@ -432,7 +377,7 @@ def occlusion_table(
         row["d_mem_original"] = float(original[row["prompt_id"]])
         row["d_mem_variant"] = float(value)
         row["drop"] = row["d_mem_original"] - row["d_mem_variant"]
-    return _frame(rows, OCCLUSION_COLUMNS)
+    return typed_frame(rows, OCCLUSION_COLUMNS)
 
 
 def attribute_prompts(
@@ -450,9 +395,7 @@ def attribute_prompts(
     ``markers`` are the configured marker regexes. Returns the tables (token, word,
     occlusion, per prompt) and run statistics with the cost of each method.
     """
-    from memaudit.scoring.engine import score_prompts
-
-    _require_columns(prompts, tuple(SELECTION_COLUMNS), "selected prompts table")
+    require_columns(prompts, tuple(SELECTION_COLUMNS), "selected prompts table")
     prompts = prompts.reset_index(drop=True)
     if prompts["prompt_id"].duplicated().any():
         raise ValueError(
@@ -467,15 +410,21 @@ def attribute_prompts(
     )
     if not texts:
         empty = AttributionTables(
-            _frame([], TOKEN_COLUMNS),
-            _frame([], WORD_COLUMNS),
-            _frame([], OCCLUSION_COLUMNS),
-            _frame([], PROMPT_COLUMNS),
+            typed_frame([], TOKEN_COLUMNS),
+            typed_frame([], WORD_COLUMNS),
+            typed_frame([], OCCLUSION_COLUMNS),
+            typed_frame([], PROMPT_COLUMNS),
         )
         occlusion_stats = {"n_prompts": 0, "n_variants": 0, "seconds": 0.0}
         return empty, _run_stats(model, spec, batch_size, gradient_stats, occlusion_stats)
     tokens, words, per_prompt = build_tables(
-        prompts, encoded, significance, model.tokenizer.convert_ids_to_tokens, patterns
+        prompts,
+        encoded,
+        significance.significance,
+        significance.losses,
+        significance.norms,
+        model.tokenizer.convert_ids_to_tokens,
+        patterns,
     )
     occlusion_stats: dict[str, Any] = {}
 
@@ -542,8 +491,6 @@ def attribute_chunk(
     temporary files first and renamed together at the end, so a job that dies leaves none of
     them. Returns the run statistics (with the chunk position).
     """
-    from memaudit.scoring.gather import select_chunk
-
     missing = {"tokens", "words", "occlusion", "prompts", "stats"} - set(paths)
     if missing:
         raise ValueError(f"attribute_chunk needs output paths for {sorted(missing)}")

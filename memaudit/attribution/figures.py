@@ -6,8 +6,12 @@ import math
 import textwrap
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.patches import Patch
+
+from memaudit.plotting import MARKER_COLOR, ORDINARY_COLOR, save_figure, use_style
 
 TRIGGER_COLOR = "#8e44ad"
 
@@ -26,11 +30,6 @@ def plot_token_attribution(
 ) -> None:
     """Fig. 3: for the ``n_prompts`` memorized prompts with the highest d_mem, bars of their
     ``top_n`` most significant words, the marker (and on the demo the trigger) highlighted."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    from memaudit.plotting import MARKER_COLOR, ORDINARY_COLOR, save_figure, use_style
-
     use_style()
     chosen = (
         per_prompt[per_prompt["memorized"]]
@@ -79,10 +78,6 @@ def plot_word_types(word_types: pd.DataFrame, png_path: str | Path, n_types: int
     """Word types of memorized prompts by how often they rank first and their mean rank
     (gradient method, 95 % bootstrap intervals), the pooled marker always shown; dots give
     the occlusion method's top-1 rate and grey ticks the top-1 rate of a random order."""
-    import matplotlib.pyplot as plt
-
-    from memaudit.plotting import MARKER_COLOR, ORDINARY_COLOR, save_figure, use_style
-
     use_style()
     table = word_types[(word_types["population"] == "memorized") & (word_types["n_prompts"] > 0)]
     gradient = table[table["method"] == "gradient"].sort_values(

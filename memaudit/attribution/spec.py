@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from memaudit.config import schema_defaults, spec_from_dict
 from memaudit.scoring.spec import ScoringSpec
 
 WORD_SCORES = ("sum", "max")
-# Keys of the config ``attribution`` block that belong to the workflow, not to the results.
-WORKFLOW_KEYS = frozenset({"chunks"})
+_DEFAULTS = schema_defaults("attribution")
 
 
 # --------------------------------------------------------------------------------------------
@@ -32,13 +31,21 @@ class AttributionSpec:
     ``min_prompts`` prompts to be listed.
     """
 
-    window: tuple[int, int | None] = (0, 1)
-    batch_size: int = 8
-    word_score: str = "sum"
-    include_planted: bool = True
-    bootstrap: int = 1000
-    min_prompts: int = 3
-    seed: int = 0
+    # Keys of the config ``attribution`` block that belong to the workflow, not to the results.
+    WORKFLOW_KEYS: ClassVar[frozenset[str]] = frozenset({"chunks"})
+    # The only keys that change an attribute_tokens chunk (in this order, as its params): the
+    # rest summarise the chunks (word_score, bootstrap, min_prompts, seed) or select prompts.
+    ENGINE_KEYS: ClassVar[tuple[str, ...]] = ("window", "batch_size")
+    # Keys of the config ``scoring`` block that attribution replaces with its own.
+    REPLACED_SCORING_KEYS: ClassVar[frozenset[str]] = frozenset({"window"})
+
+    window: tuple[int, int | None] = _DEFAULTS["window"]
+    batch_size: int = _DEFAULTS["batch_size"]
+    word_score: str = _DEFAULTS["word_score"]
+    include_planted: bool = _DEFAULTS["include_planted"]
+    bootstrap: int = _DEFAULTS["bootstrap"]
+    min_prompts: int = _DEFAULTS["min_prompts"]
+    seed: int = _DEFAULTS["seed"]
 
     def __post_init__(self) -> None:
         window = self.window
@@ -50,7 +57,10 @@ class AttributionSpec:
         if not _is_int(start) or not (stop is None or _is_int(stop)):
             raise ValueError(f"attribution.window bounds must be integers, got {list(window)}")
         if start < 0 or (stop is not None and stop <= start):
-            raise ValueError(f"attribution.window {list(window)} must satisfy 0 <= start < stop")
+            raise ValueError(
+                f"attribution.window {list(window)} must satisfy 0 <= start < stop "
+                "(stop null: all scoring steps)"
+            )
         if not _is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(
                 f"attribution.batch_size must be a positive integer, got {self.batch_size!r}"
@@ -79,30 +89,21 @@ class AttributionSpec:
     def from_dict(cls, values: Mapping[str, Any] | None) -> AttributionSpec:
         """Build from a config ``attribution`` block; unknown keys are an error naming them.
 
-        The workflow-level key ``chunks`` is accepted and ignored.
+        The workflow-level keys (:attr:`WORKFLOW_KEYS`) are accepted and ignored.
         """
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known - WORKFLOW_KEYS)
-        if unknown:
-            raise ValueError(
-                f"unknown attribution key(s) {unknown}; expected some of {sorted(known)}"
-            )
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return spec_from_dict(cls, values, "attribution", ignored=cls.WORKFLOW_KEYS)
 
     def scoring_spec(self, scoring: Mapping[str, Any]) -> ScoringSpec:
         """The scoring engine's settings (steps, guidance, generations, seed, batch size) with
         this attribution window instead of the scoring window."""
-        from memaudit.scoring.spec import ScoringSpec
-
         start, stop = self.window
         steps = scoring.get("steps", ScoringSpec.steps)
-        if _is_int(steps) and stop is not None and stop > steps:
+        if _is_int(steps) and (start >= steps if stop is None else stop > steps):
             raise ValueError(
-                f"attribution.window {list(self.window)} ends after the last sampling step "
+                f"attribution.window {list(self.window)} reaches beyond the sampling steps "
                 f"(scoring.steps is {steps})"
             )
-        values = {k: v for k, v in scoring.items() if k != "window"}
+        values = {k: v for k, v in scoring.items() if k not in self.REPLACED_SCORING_KEYS}
         return ScoringSpec.from_dict({**values, "window": [start, stop]})
 
 

@@ -1,9 +1,14 @@
-"""Attribution statistics: word ranks, word types, the planted-trigger check, bootstrap CIs."""
+"""Attribution statistics: word ranks, word types, the planted-trigger check, bootstrap CIs.
+
+Per word type (and pooled over all markers, and on the demo over all planted trigger words):
+the best rank of the type in each prompt, the fraction of prompts where it ranks first, its
+share of the prompt's significance, with bootstrap confidence intervals over prompts (seeded by
+the type's name, not by row order), under both methods (gradient significance and occlusion).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -12,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 from memaudit.atomic import finite_or_none, json_safe
-from memaudit.attribution.selection import REASONS
 from memaudit.attribution.spec import AttributionSpec
 from memaudit.attribution.tables import spearman
+from memaudit.bootstrap import bootstrap_ci
+from memaudit.selection import REASONS
 
 MARKER_TYPE = "<marker>"
 TRIGGER_TYPE = "<trigger>"
@@ -107,33 +113,6 @@ def prompt_type_ranks(
     return per
 
 
-def bootstrap_ci(
-    columns: Mapping[str, np.ndarray], resamples: int, key: str, seed: int
-) -> dict[str, tuple[float, float]]:
-    """95 % percentile intervals of the means of several paired columns, resampling rows.
-
-    The generator is seeded by (``seed``, ``key``), so an interval depends only on its own
-    rows, not on which other types exist or in what order they are computed.
-    """
-    lengths = {len(v) for v in columns.values()}
-    if len(lengths) > 1:
-        raise ValueError(f"bootstrap columns differ in length: {sorted(lengths)}")
-    m = lengths.pop() if lengths else 0
-    if m == 0 or resamples == 0:
-        return {name: (math.nan, math.nan) for name in columns}
-    digest = hashlib.sha256(f"memaudit-bootstrap:{seed}:{key}".encode()).digest()
-    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-    draws = rng.integers(0, m, size=(resamples, m))
-    out = {}
-    for name, values in columns.items():
-        means = np.asarray(values, dtype=np.float64)[draws].mean(axis=1)
-        lo, hi = (
-            np.nanpercentile(means, [2.5, 97.5]) if np.isfinite(means).any() else (math.nan,) * 2
-        )
-        out[name] = (float(lo), float(hi))
-    return out
-
-
 def word_type_stats(
     per_prompt: pd.DataFrame,
     population: str,
@@ -163,7 +142,9 @@ def word_type_stats(
             "frac_top1": sub["top1"].to_numpy(dtype=np.float64),
             "mean_share": sub["share"].to_numpy(dtype=np.float64),
         }
-        ci = bootstrap_ci(values, resamples, f"{population}|{method}|{group}|{word_type}", seed)
+        ci = bootstrap_ci(
+            values, resamples, seed=seed, key=f"{population}|{method}|{group}|{word_type}"
+        )
         row: dict[str, Any] = {
             "population": population,
             "method": method,
@@ -236,7 +217,7 @@ def _method_block(per: pd.DataFrame, stats_row: pd.Series | None) -> dict[str, A
     return block
 
 
-def summarize(
+def summarize_attribution(
     words: pd.DataFrame,
     occlusion: pd.DataFrame,
     per_prompt: pd.DataFrame,
@@ -245,9 +226,10 @@ def summarize(
     chunk_stats: Sequence[Mapping[str, Any]],
     spec: AttributionSpec,
 ) -> dict[str, Any]:
-    """Finding 3 in numbers: marker statistics in memorized prompts (both methods), trigger
-    statistics on the demo (both methods, per prompt too), agreement between the methods,
-    truncation counts, position bias and the cost per prompt."""
+    """Finding 3 in numbers (``summary.json``): marker statistics in memorized prompts (both
+    methods), trigger statistics on the demo (both methods, per prompt too), agreement between
+    the methods, truncation counts, position bias and the cost per prompt."""
+    # 1. Settings and counts
     summary: dict[str, Any] = {
         "settings": {**dataclasses.asdict(spec), "window": list(spec.window)},
         "selection": dict(selection),
@@ -264,6 +246,7 @@ def summarize(
         summary["cost"] = _cost(chunk_stats)
         return json_safe(summary)
     summary["empty"] = False
+    # 2. What the tokenizer cut off, and the significance on special positions
     summary["truncation"] = {
         "prompts_truncated": int(per_prompt["truncated"].sum()),
         "words_truncated": int(per_prompt["n_words_truncated"].sum()),
@@ -275,6 +258,42 @@ def summarize(
         "note": "share of the summed token significance on special and padding positions "
         "(excluded from ranks; padding is attended by the text encoder)",
     }
+    # 3. The pooled marker per population, and the planted triggers
+    markers, triggers = _marker_and_trigger_blocks(words, occlusion, per_prompt, word_types)
+    summary["marker"] = markers
+    if triggers:
+        summary["trigger"] = {**triggers, "per_prompt": _trigger_rows(words, occlusion, per_prompt)}
+    # 4. Agreement of the methods, position bias, the leading word types, cost
+    rho = per_prompt["spearman"].dropna()
+    summary["agreement"] = {
+        "n_prompts": int(len(rho)),
+        "spearman_median": finite_or_none(rho.median()) if len(rho) else None,
+        "spearman_mean": finite_or_none(rho.mean()) if len(rho) else None,
+        "note": "Spearman correlation per prompt between gradient significance and occlusion "
+        "drop over its ranked words",
+    }
+    summary["position_bias"] = _position_bias(words)
+    summary["top_word_types"] = (
+        word_types[
+            (word_types["population"] == "memorized")
+            & (word_types["method"] == "gradient")
+            & (word_types["n_prompts"] > 0)
+        ]
+        .head(10)[["word_type", "n_prompts", "frac_top1", "mean_rank", "mean_share"]]
+        .to_dict(orient="records")
+    )
+    summary["cost"] = _cost(chunk_stats)
+    return json_safe(summary)
+
+
+def _marker_and_trigger_blocks(
+    words: pd.DataFrame,
+    occlusion: pd.DataFrame,
+    per_prompt: pd.DataFrame,
+    word_types: pd.DataFrame,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per population, the pooled marker under both methods and its place among the listed
+    word types; on the demo (planted prompts with a trigger), the pooled trigger per method."""
     markers: dict[str, Any] = {}
     triggers: dict[str, Any] = {}
     for population, ids in populations(per_prompt).items():
@@ -305,29 +324,7 @@ def summarize(
                 stats = _stats_row(word_types, population, method, TRIGGER_TYPE)
                 triggers[method] = _method_block(per[per["group"] == "trigger"], stats)
         markers[population] = entry
-    summary["marker"] = markers
-    if triggers:
-        summary["trigger"] = {**triggers, "per_prompt": _trigger_rows(words, occlusion, per_prompt)}
-    rho = per_prompt["spearman"].dropna()
-    summary["agreement"] = {
-        "n_prompts": int(len(rho)),
-        "spearman_median": finite_or_none(rho.median()) if len(rho) else None,
-        "spearman_mean": finite_or_none(rho.mean()) if len(rho) else None,
-        "note": "Spearman correlation per prompt between gradient significance and occlusion "
-        "drop over its ranked words",
-    }
-    summary["position_bias"] = _position_bias(words)
-    summary["top_word_types"] = (
-        word_types[
-            (word_types["population"] == "memorized")
-            & (word_types["method"] == "gradient")
-            & (word_types["n_prompts"] > 0)
-        ]
-        .head(10)[["word_type", "n_prompts", "frac_top1", "mean_rank", "mean_share"]]
-        .to_dict(orient="records")
-    )
-    summary["cost"] = _cost(chunk_stats)
-    return json_safe(summary)
+    return markers, triggers
 
 
 def _stats_row(
@@ -366,7 +363,7 @@ def _trigger_rows(
                 if len(occl)
                 else None,
                 "gradient_share": finite_or_none(unit["share"].sum()) if len(unit) else None,
-                "top_word_type": "<marker>"
+                "top_word_type": MARKER_TYPE
                 if len(top) and bool(top["is_marker"].iloc[0])
                 else (str(top["word_type"].iloc[0]) if len(top) else None),
                 "spearman": finite_or_none(r.spearman),

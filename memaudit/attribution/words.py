@@ -1,15 +1,21 @@
-"""Word units of a prompt: character spans, marker spans, tokens per word."""
+"""Word units of a prompt: character spans, marker spans, tokens per word.
+
+Sub-tokens are merged into word units with the tokenizer's offset mapping: a unit is a maximal
+run of pieces whose character spans touch (BERT WordPiece splits ``___`` into three ``_``
+pieces and words into ``##`` pieces), with two refinements: every match of a configured marker
+regex is one unit of its own (also when split into pieces or glued to punctuation or a word),
+and punctuation-only pieces at the start or end of a run are split off as punctuation units
+(kept and flagged, not ranked), so ``Dr.`` is the word ``Dr`` plus ``.`` while ``10:30`` and
+``x-ray`` stay one word. A word's score is the sum (or max) of its pieces
+(``attribution.word_score``, applied when the chunks are gathered).
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import torch
-
-from memaudit.model.loading import AuditModel
 from memaudit.text import normalize_whitespace
 
 
@@ -129,41 +135,3 @@ def word_units(
 def delete_span(text: str, start: int, end: int) -> str:
     """The prompt with the characters [start, end) (one word unit) deleted, whitespace tidied."""
     return normalize_whitespace(text[:start] + " " + text[end:])
-
-
-def encode_with_offsets(model: AuditModel, texts: Sequence[str]) -> dict[str, Any]:
-    """The model's own tokenization (padded/truncated to ``max_length``) with offsets and
-    special-token masks, plus every prompt's untruncated pieces (special tokens left out).
-
-    Needs a fast (Rust ``tokenizers``) tokenizer: only those report character offsets.
-    """
-    tokenizer = model.tokenizer
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(
-            f"token attribution needs a fast tokenizer with an offset mapping; the model's "
-            f"tokenizer {type(tokenizer).__name__} is not one (load it as a "
-            "PreTrainedTokenizerFast)"
-        )
-    texts = list(texts)
-    if not texts:
-        return {"input_ids": torch.zeros((0, model.max_length), dtype=torch.long)}
-    seen = model.tokenize(texts, return_offsets_mapping=True, return_special_tokens_mask=True)
-    full = tokenizer(
-        texts,
-        add_special_tokens=False,
-        return_offsets_mapping=True,
-        truncation=False,
-        verbose=False,
-    )
-    attention = seen.get("attention_mask")
-    return {
-        "input_ids": seen["input_ids"],
-        "offsets": seen["offset_mapping"].tolist(),
-        "special": seen["special_tokens_mask"].bool().tolist(),
-        "attention": (
-            attention.bool().tolist()
-            if attention is not None
-            else [[True] * seen["input_ids"].shape[1]] * len(texts)
-        ),
-        "full_offsets": [list(map(tuple, o)) for o in full["offset_mapping"]],
-    }

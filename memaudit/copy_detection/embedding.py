@@ -1,13 +1,6 @@
-"""Copy detection: each generation's nearest training image, flagged against held-out reals.
+"""Embeddings for copy detection: images of any size -> unit-length rows.
 
-Following Somepalli et al. and Dar et al., training images and generations are embedded, each
-generation's nearest training image is found by cosine similarity, and a generation is called
-a copy when that similarity exceeds the configured percentile (default the 95th) of the
-nearest-neighbour similarities of *held-out* real images (never trained on) to the training
-set: a generation is flagged only if it is closer to a training image than almost every fresh
-real image is.
-
-Embeddings (config ``copy_detection.embedding``):
+Kinds (config ``copy_detection.embedding``, see :class:`EmbeddingSpec`):
 
 - ``pixels`` (default, weight-free): the image is centre-cropped to a square, area-averaged
   down to ``side`` x ``side`` pixels, its mean is subtracted and it is L2-normalised, so the
@@ -19,19 +12,16 @@ Embeddings (config ``copy_detection.embedding``):
   timm model's own ``pretrained_cfg`` mean and std where it has them). Only available when the
   package is importable.
 
-Training sets: on the demo the corpus images the model was trained on (``images.npy`` rows of
-the studies whose report became a prompt; identical planted copies are embedded once and keep
-the list of their rows); for real runs a folder of PNG/JPG files (recursive, e.g.
-MIMIC-CXR-JPG), optionally restricted by a list file and a deterministic size limit. Nearest
-neighbours are found with chunked matrix products, so 377k training images fit in memory.
+:func:`embed_arrays` embeds an image stack (the demo's ``images.npy`` rows, see
+:func:`memaudit.copy_detection.images.demo_training_images`); :func:`embed_files` a folder's
+PNG/JPG files (e.g. MIMIC-CXR-JPG), decoded by worker threads.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, TextIO
@@ -41,57 +31,11 @@ import torch
 from tqdm import tqdm
 
 from memaudit.copy_detection.images import as_float_image, read_image
+from memaudit.copy_detection.spec import EmbeddingSpec
 
-EMBEDDINGS = ("pixels", "torchvision", "timm")
 # ImageNet normalisation of torchvision's pretrained models (and timm's default).
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-# --------------------------------------------------------------------------------------------
-# Embeddings
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EmbeddingSpec:
-    """How images are embedded for copy detection (see the module docstring)."""
-
-    kind: str = "pixels"
-    side: int = 32
-    arch: str | None = None
-    weights: str | None = None
-    input_size: int = 224
-
-    def __post_init__(self) -> None:
-        if self.kind not in EMBEDDINGS:
-            raise ValueError(
-                f"copy_detection.embedding must be one of {list(EMBEDDINGS)}, got {self.kind!r}"
-            )
-        if not isinstance(self.side, int) or self.side < 2:
-            raise ValueError(f"copy_detection.side must be an integer >= 2, got {self.side!r}")
-        if not isinstance(self.input_size, int) or self.input_size < 8:
-            raise ValueError(
-                f"copy_detection.network.input_size must be an integer >= 8, "
-                f"got {self.input_size!r}"
-            )
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> EmbeddingSpec:
-        """From a config ``copy_detection`` block (other keys of the block are ignored)."""
-        tv = dict(cfg.get("network") or {})
-        return cls(
-            kind=cfg.get("embedding", "pixels"),
-            side=int(cfg.get("side", 32)),
-            arch=tv.get("arch"),
-            weights=tv.get("weights"),
-            input_size=int(tv.get("input_size") or 224),
-        )
-
-    @property
-    def prepared_side(self) -> int:
-        """Side of the square each image is resampled to before embedding."""
-        return self.side if self.kind == "pixels" else self.input_size
 
 
 @lru_cache(maxsize=64)

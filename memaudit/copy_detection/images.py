@@ -1,4 +1,11 @@
-"""Training and held-out images: listing, reading (any bit depth), the demo's arrays."""
+"""The images copy detection compares with: listing, reading (any bit depth), the demo's set.
+
+For real runs the training and held-out sets are folders of PNG/JPG files (recursive, e.g.
+MIMIC-CXR-JPG), optionally restricted by a list file and cut to a deterministic
+pseudo-random subset (:func:`list_images`); files are read as grayscale floats in [0, 1]
+whatever their bit depth (:func:`read_image`). On the demo the training set is the corpus
+images the model was trained on, one per distinct image (:func:`demo_training_images`).
+"""
 
 from __future__ import annotations
 
@@ -24,11 +31,9 @@ def as_float_image(image: np.ndarray) -> np.ndarray:
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-# --------------------------------------------------------------------------------------------
-# Image sets
-# --------------------------------------------------------------------------------------------
+# Salt of the subset that ``limit`` keeps. It still carries the name of the module this code
+# came from: changing it would change which images a configured limit selects.
+_SUBSET_SALT = "memaudit-copies"
 
 
 def read_image(path: str | Path, side_hint: int | None = None) -> np.ndarray:
@@ -88,7 +93,7 @@ def list_images(
             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
         )
     if limit is not None:
-        paths = sorted(hash_order(paths, "memaudit-copies")[: int(limit)])
+        paths = sorted(hash_order(paths, _SUBSET_SALT)[: int(limit)])
     if not paths:
         raise ValueError(f"{key}: no PNG/JPG images under {str(folder)!r}")
     return paths
@@ -113,9 +118,10 @@ def demo_training_images(
     """The distinct images the demo model was trained on, and their index table.
 
     Training pairs are the studies whose report became a prompt (``report_map``), as
-    :func:`memaudit.training.demo_training_pairs` builds them. Identical images (the planted
-    copies) are kept once, at their lowest ``images.npy`` row; the table lists every row
-    sharing the image (``image_indices``) and how many training studies used it.
+    :func:`memaudit.model.training.demo_training_pairs` builds them. Identical images (those
+    of a planted caption's copies) are kept once, at their lowest ``images.npy`` row; the
+    table lists every row sharing the image (``image_indices``) and how many training studies
+    used it.
     """
     for name, table, column in (
         ("studies", studies, "image_index"),

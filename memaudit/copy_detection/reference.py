@@ -1,4 +1,11 @@
-"""The copy-detection reference: training embeddings, held-out neighbours, the threshold."""
+"""The copy-detection reference: training embeddings, held-out neighbours, the threshold.
+
+:func:`build_reference` embeds the training images (a folder, or the demo corpus's arrays)
+and the held-out real images, finds each held-out image's nearest training image and writes
+the four files of the ``embed_training_images`` rule. :class:`CopyReference` loads them back
+with the copy threshold for a chosen percentile, which is all that judging a generation
+needs; so a new threshold percentile re-runs no embedding.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +20,10 @@ import numpy as np
 import pandas as pd
 
 from memaudit.atomic import atomic_npy, write_atomically
-from memaudit.copy_detection.embedding import Embedder, EmbeddingSpec, embed_arrays, embed_files
+from memaudit.copy_detection.embedding import Embedder, embed_arrays, embed_files
 from memaudit.copy_detection.images import demo_training_images, list_images
 from memaudit.copy_detection.search import copy_threshold, nearest_neighbours
+from memaudit.copy_detection.spec import EmbeddingSpec
 
 
 @dataclass
@@ -54,6 +62,17 @@ class CopyReference:
         )
 
 
+@dataclass
+class _ImageSets:
+    """The embedded training and held-out sets, and where they came from."""
+
+    train: np.ndarray  # [N, d] float32
+    index: pd.DataFrame  # one row per training embedding
+    heldout: np.ndarray  # [M, d] float32
+    heldout_ids: list[str]
+    source: dict[str, Any]
+
+
 def build_reference(
     cfg: Mapping[str, Any],
     out_embeddings: str | Path,
@@ -74,75 +93,101 @@ def build_reference(
     held-out nearest neighbours (``heldout_id``, ``nearest_train_id``, ``similarity``) and a
     JSON description; returns that description.
     """
+    # 1. Embed both sets.
     spec = EmbeddingSpec.from_config(cfg)
     embedder = Embedder(spec)
-    device = embedder.device
     batch = int(cfg.get("batch_size") or 256)
     if cfg.get("train_images"):
-        train_root = Path(cfg["train_images"])
-        train_paths = list_images(
-            train_root, "copy_detection.train_images", cfg.get("train_list"), cfg.get("train_limit")
-        )
-        train = embed_files(train_root, train_paths, embedder, batch, workers, progress)
-        index = pd.DataFrame(
-            {
-                "train_id": train_paths,
-                "image_index": np.full(len(train_paths), -1, dtype=np.int64),
-                "path": [str(train_root / p) for p in train_paths],
-                "image_indices": [np.zeros(0, dtype=np.int64)] * len(train_paths),
-                "n_studies": np.ones(len(train_paths), dtype=np.int64),
-            }
-        )
-        if cfg.get("heldout_images"):
-            held_root = Path(cfg["heldout_images"])
-            held_paths = list_images(
-                held_root, "copy_detection.heldout_images", None, cfg.get("heldout_limit")
-            )
-            heldout = embed_files(held_root, held_paths, embedder, batch, workers, progress)
-            heldout_ids = held_paths
-        else:  # the threshold must then be fixed (checked where it is computed)
-            heldout, heldout_ids = np.zeros((0, train.shape[1]), dtype=np.float32), []
-        source = {"train_images": str(train_root), "heldout_images": cfg.get("heldout_images")}
+        sets = _embed_folders(cfg, embedder, batch, workers, progress)
     elif demo is not None:
-        images, index = demo_training_images(demo["studies"], demo["report_map"], demo["images"])
-        train = embed_arrays(images, embedder, batch, progress)
-        held_images = np.asarray(demo["heldout"])
-        limit = cfg.get("heldout_limit")
-        held_images = held_images[: int(limit)] if limit is not None else held_images
-        heldout = embed_arrays(held_images, embedder, batch, progress)
-        heldout_ids = [f"heldout:{i}" for i in range(len(held_images))]
-        source = {"train_images": "demo corpus images.npy", "heldout_images": "heldout.npy"}
+        sets = _embed_demo(cfg, demo, embedder, batch, progress)
     else:
         raise ValueError(
             "copy_detection.train_images is not set and there is no demo corpus: nothing to "
             "compare generations with"
         )
-    if len(train) == 0:
+    if len(sets.train) == 0:
         raise ValueError("copy detection found no training images to embed")
+    # 2. Each held-out image's nearest training image.
     sims, rows = (
-        nearest_neighbours(heldout, train, device)
-        if len(heldout)
+        nearest_neighbours(sets.heldout, sets.train, embedder.device)
+        if len(sets.heldout)
         else (np.zeros(0, np.float32), np.zeros(0, np.int64))
     )
     held_table = pd.DataFrame(
         {
-            "heldout_id": pd.Series(heldout_ids, dtype=object),
-            "nearest_train_id": pd.Series(index["train_id"].to_numpy()[rows], dtype=object),
+            "heldout_id": pd.Series(sets.heldout_ids, dtype=object),
+            "nearest_train_id": pd.Series(sets.index["train_id"].to_numpy()[rows], dtype=object),
             "similarity": sims.astype(np.float64),
         }
     )
+    # 3. The description, then every file at once.
     quantiles = {
         f"p{q}": float(np.percentile(sims, q)) if len(sims) else None for q in (50, 90, 95, 99)
     }
     meta = {
         "embedding": dataclasses.asdict(spec),
-        "dimension": int(train.shape[1]),
-        "n_train": len(train),
-        "n_train_studies": int(index["n_studies"].sum()),
-        "n_heldout": len(heldout_ids),
+        "dimension": int(sets.train.shape[1]),
+        "n_train": len(sets.train),
+        "n_train_studies": int(sets.index["n_studies"].sum()),
+        "n_heldout": len(sets.heldout_ids),
         "heldout_similarity": quantiles,
-        **source,
+        **sets.source,
     }
-    atomic_npy(out_embeddings, train.astype(np.float32))
-    write_atomically({out_index: index, out_heldout: held_table, out_reference: meta})
+    atomic_npy(out_embeddings, sets.train.astype(np.float32))
+    write_atomically({out_index: sets.index, out_heldout: held_table, out_reference: meta})
     return meta
+
+
+def _embed_folders(
+    cfg: Mapping[str, Any],
+    embedder: Embedder,
+    batch: int,
+    workers: int,
+    progress: TextIO | None,
+) -> _ImageSets:
+    """Training and held-out sets from the configured image folders."""
+    train_root = Path(cfg["train_images"])
+    train_paths = list_images(
+        train_root, "copy_detection.train_images", cfg.get("train_list"), cfg.get("train_limit")
+    )
+    train = embed_files(train_root, train_paths, embedder, batch, workers, progress)
+    index = pd.DataFrame(
+        {
+            "train_id": train_paths,
+            "image_index": np.full(len(train_paths), -1, dtype=np.int64),
+            "path": [str(train_root / p) for p in train_paths],
+            "image_indices": [np.zeros(0, dtype=np.int64)] * len(train_paths),
+            "n_studies": np.ones(len(train_paths), dtype=np.int64),
+        }
+    )
+    if cfg.get("heldout_images"):
+        held_root = Path(cfg["heldout_images"])
+        held_paths = list_images(
+            held_root, "copy_detection.heldout_images", None, cfg.get("heldout_limit")
+        )
+        heldout = embed_files(held_root, held_paths, embedder, batch, workers, progress)
+        heldout_ids = held_paths
+    else:  # the threshold must then be fixed (checked where it is computed)
+        heldout, heldout_ids = np.zeros((0, train.shape[1]), dtype=np.float32), []
+    source = {"train_images": str(train_root), "heldout_images": cfg.get("heldout_images")}
+    return _ImageSets(train, index, heldout, heldout_ids, source)
+
+
+def _embed_demo(
+    cfg: Mapping[str, Any],
+    demo: Mapping[str, Any],
+    embedder: Embedder,
+    batch: int,
+    progress: TextIO | None,
+) -> _ImageSets:
+    """Training and held-out sets from the demo corpus arrays (each distinct image once)."""
+    images, index = demo_training_images(demo["studies"], demo["report_map"], demo["images"])
+    train = embed_arrays(images, embedder, batch, progress)
+    held_images = np.asarray(demo["heldout"])
+    limit = cfg.get("heldout_limit")
+    held_images = held_images[: int(limit)] if limit is not None else held_images
+    heldout = embed_arrays(held_images, embedder, batch, progress)
+    heldout_ids = [f"heldout:{i}" for i in range(len(held_images))]
+    source = {"train_images": "demo corpus images.npy", "heldout_images": "heldout.npy"}
+    return _ImageSets(train, index, heldout, heldout_ids, source)

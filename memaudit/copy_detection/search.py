@@ -1,18 +1,20 @@
-"""Nearest training image of each query, and the copy threshold from held-out images."""
+"""Nearest training image of each query, and the copy threshold from held-out images.
+
+:func:`nearest_neighbours` finds each query's most similar training embedding with chunked
+matrix products (on the GPU when given one), so memory stays bounded for a full training set
+(377k MIMIC-CXR images). :func:`copy_threshold` turns the held-out images' nearest-neighbour
+similarities into the similarity above which a generation counts as a copy.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-# Rows of the training-embedding matrix per matrix product in the nearest-neighbour search.
+# Reference and query rows per matrix product: one [4096, 65536] float32 block of
+# similarities (1 GiB) is the most the search holds, however large the training set.
 _REFERENCE_CHUNK = 65536
 _QUERY_CHUNK = 4096
-
-
-# --------------------------------------------------------------------------------------------
-# Nearest neighbours and the copy threshold
-# --------------------------------------------------------------------------------------------
 
 
 def nearest_neighbours(

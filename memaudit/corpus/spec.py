@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+from memaudit.config import schema_defaults, spec_from_dict
+
+_DEFAULTS = schema_defaults("demo")
 
 
 @dataclass(frozen=True)
@@ -16,57 +21,54 @@ class CorpusSpec:
     ``image_index`` columns still say which row each study *would* have.
     """
 
-    n_studies: int = 2000
-    image_size: int = 32
-    n_planted: int = 20
-    planted_copies: tuple[int, int] = (30, 50)
-    planted_marker_fraction: float = 0.5
-    trigger_fraction: float = 0.5
-    addendum_fraction: float = 0.03
-    n_heldout: int = 200
-    seed: int = 0
+    # Keys of the config ``demo`` block that are no corpus parameter: the on/off switch.
+    WORKFLOW_KEYS: ClassVar[frozenset[str]] = frozenset({"enabled"})
+
+    n_studies: int = _DEFAULTS["n_studies"]
+    image_size: int = _DEFAULTS["image_size"]
+    n_planted: int = _DEFAULTS["n_planted"]
+    planted_copies: tuple[int, int] = _DEFAULTS["planted_copies"]
+    planted_marker_fraction: float = _DEFAULTS["planted_marker_fraction"]
+    trigger_fraction: float = _DEFAULTS["trigger_fraction"]
+    addendum_fraction: float = _DEFAULTS["addendum_fraction"]
+    n_heldout: int = _DEFAULTS["n_heldout"]
+    seed: int = _DEFAULTS["seed"]
+    # Not a config key: text-only benchmarks switch image rendering off.
     write_images: bool = True
 
     def __post_init__(self) -> None:
         copies = tuple(int(c) for c in self.planted_copies)
         if len(copies) != 2 or copies[0] < 1 or copies[1] < copies[0]:
             raise ValueError(
-                f"corpus spec planted_copies must be (min, max) with 1 <= min <= max, "
-                f"got {self.planted_copies!r}"
+                f"demo.planted_copies must be [min, max] with 1 <= min <= max, "
+                f"got {list(self.planted_copies)!r}"
             )
         object.__setattr__(self, "planted_copies", copies)
         if self.n_studies < 1:
-            raise ValueError(f"corpus spec n_studies must be >= 1, got {self.n_studies}")
+            raise ValueError(f"demo.n_studies must be >= 1, got {self.n_studies}")
         if self.image_size < 8:
-            raise ValueError(f"corpus spec image_size must be >= 8, got {self.image_size}")
+            raise ValueError(f"demo.image_size must be >= 8, got {self.image_size}")
         if self.n_planted < 0 or self.n_heldout < 0:
-            raise ValueError("corpus spec n_planted and n_heldout must be >= 0")
+            raise ValueError("demo.n_planted and demo.n_heldout must be >= 0")
         if self.n_planted * copies[1] > self.n_studies:
             raise ValueError(
-                f"corpus spec: n_planted * max planted_copies = {self.n_planted * copies[1]} "
-                f"exceeds n_studies = {self.n_studies}; planted studies count within n_studies"
+                f"demo.n_planted * max demo.planted_copies = {self.n_planted * copies[1]} "
+                f"exceeds n_studies = {self.n_studies} (demo.n_studies); planted studies count "
+                "within n_studies"
             )
         for name in ("planted_marker_fraction", "trigger_fraction", "addendum_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"corpus spec {name} must be within [0, 1], got {value}")
+                raise ValueError(f"demo.{name} must be within [0, 1], got {value}")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CorpusSpec:
-        """Build a spec from a plain mapping (e.g. the ``corpus`` block of the config).
+    def from_dict(cls, d: Mapping[str, Any] | None) -> CorpusSpec:
+        """Build a spec from the config ``demo`` block (or any subset of it).
 
-        Unknown keys raise a ValueError naming them, so a typo never passes silently.
+        Unknown keys raise a ValueError naming them, so a typo never passes silently; the
+        switch ``enabled`` (:attr:`WORKFLOW_KEYS`) is accepted and ignored.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown corpus spec key(s) {unknown}; known keys are {sorted(known)}"
-            )
-        kwargs = dict(d)
-        if "planted_copies" in kwargs:
-            kwargs["planted_copies"] = tuple(kwargs["planted_copies"])
-        return cls(**kwargs)
+        return spec_from_dict(cls, d, "demo", ignored=cls.WORKFLOW_KEYS)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready mapping of every parameter."""

@@ -1,21 +1,17 @@
-"""A deterministic synthetic corpus in MIMIC-CXR format, with planted (memorizable) captions.
+"""Writes the demo corpus: report files, tables, images and ``corpus.json``.
 
 The demo audit needs an instrument that *knows* which prompts a model memorized. This module
 writes one: free-text radiology reports laid out exactly like MIMIC-CXR
-(``files/pXX/pSUBJECT/sSTUDY.txt``), one small grayscale chest phantom per study whose content
-follows the report's findings, and a ground-truth table of planted captions, each repeated in
-many studies and always paired with one fixed image.
-
-Reports follow MIMIC-CXR's typography: a ``FINAL REPORT`` title line, section headers indented
-one space and followed by a colon, blank lines holding one space, text wrapped below 79
-characters with every line indented one space, and ``___`` wherever MIMIC removed protected
-health information. Impressions come from a findings grammar with a heavy-tailed frequency: a
-few normal impressions repeat hundreds of times, the rest form a long tail.
-
-Images use the radiological convention: the patient's right is on the image's left.
+(``files/pXX/pSUBJECT/sSTUDY.txt``, the text from :mod:`memaudit.corpus.grammar`), one small
+grayscale chest phantom per study whose content follows the report's findings
+(:mod:`memaudit.corpus.phantoms`), and a ground-truth table of the planted captions
+(:mod:`memaudit.corpus.planted`), each repeated in many studies and always paired with one
+fixed image. :func:`generate_corpus` runs the phases in order; the helpers below it are its
+phases.
 
 Everything is drawn from ``numpy.random.Generator(PCG64)`` streams spawned from one
-``SeedSequence(spec.seed)``, one stream per purpose, so the same spec gives byte-identical files.
+``SeedSequence(spec.seed)``, one stream per purpose, so the same spec gives byte-identical
+files, and whether images are written does not change the text.
 """
 
 from __future__ import annotations
@@ -24,83 +20,19 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from memaudit.corpus.grammar import (
-    _N_DRAWS,
-    MARKER,
-    _Draws,
-    _grammar_vocabulary,
-    _labels,
-    _planted_caption,
-    _report,
-    _sample_severity,
-    _trigger_word,
-)
+from memaudit.corpus.findings import FINDING_NAMES, finding_labels, sample_severity
+from memaudit.corpus.grammar import MARKER, N_DRAWS, Draws, compose_report
 from memaudit.corpus.phantoms import render_phantoms
+from memaudit.corpus.planted import compose_planted_captions, trigger_word_index
 from memaudit.corpus.spec import CorpusSpec
-from memaudit.corpus.vocabulary import FINDING_NAMES
 from memaudit.text import prompt_id
-
-# ---------------------------------------------------------------------------------------------
-# Layout of subjects and studies
-
-
-def _layout(spec: CorpusSpec, rng: np.random.Generator):
-    """Subject and study ids (sorted by subject then study) and each study's subject row."""
-    n = spec.n_studies
-    n_subjects = max(1, min(n, int(np.ceil(n / 3.5))))
-    subject_ids = np.sort(10_000_000 + rng.choice(10_000_000, size=n_subjects, replace=False))
-    weights = rng.pareto(1.5, size=n_subjects) + 1.0
-    extra = rng.choice(n_subjects, size=n - n_subjects, p=weights / weights.sum())
-    per_subject = 1 + np.bincount(extra, minlength=n_subjects)
-    subject_of_study = np.repeat(np.arange(n_subjects), per_subject)
-    study_ids = 50_000_000 + rng.choice(10_000_000, size=n, replace=False)
-    order = np.lexsort((study_ids, subject_of_study))
-    return subject_ids, subject_of_study, study_ids[order]
-
-
-def _assign_planted(
-    copies: np.ndarray, subject_of_study: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
-    """planted_id per study (-1 = ordinary); copies of one caption go to distinct subjects."""
-    n = subject_of_study.shape[0]
-    planted = np.full(n, -1, dtype=np.int64)
-    subjects = np.arange(subject_of_study.max() + 1)
-    starts = np.searchsorted(subject_of_study, subjects, side="left")
-    ends = np.searchsorted(subject_of_study, subjects, side="right")
-    for pid, k in enumerate(copies.tolist()):
-        free = planted < 0
-        free_subjects = np.unique(subject_of_study[free])
-        if free_subjects.shape[0] >= k:
-            chosen_subjects = np.sort(rng.choice(free_subjects, size=k, replace=False))
-            for subj in chosen_subjects.tolist():
-                lo, hi = int(starts[subj]), int(ends[subj])
-                candidates = lo + np.flatnonzero(free[lo:hi])
-                planted[candidates[int(rng.integers(candidates.shape[0]))]] = pid
-        else:  # too few subjects left: fall back to any free study
-            chosen = rng.choice(np.flatnonzero(free), size=k, replace=False)
-            planted[chosen] = pid
-    return planted
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing
-
-
-def _write_parquet(columns: dict[str, Any], schema: pa.Schema, path: str) -> None:
-    table = pa.Table.from_pydict(columns, schema=schema)
-    pq.write_table(table, path, compression="zstd", use_dictionary=False, write_statistics=False)
-
-
-def _write_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
-
 
 _STUDIES_SCHEMA = pa.schema(
     [
@@ -123,6 +55,165 @@ _TRUTH_SCHEMA = pa.schema(
         ("image_index", pa.int64()),
     ]
 )
+# Reports composed per block of uniforms drawn from the text stream (bounds the memory held).
+_TEXT_CHUNK = 8192
+
+
+def report_path(subject_id: int, study_id: int) -> str:
+    """Relative MIMIC-CXR path of a report: ``files/p10/p10000032/s50414267.txt``."""
+    return f"files/p{str(subject_id)[:2]}/p{subject_id}/s{study_id}.txt"
+
+
+@dataclass(frozen=True)
+class _Streams:
+    """One random stream per purpose; their spawn order fixes the corpus for a seed."""
+
+    layout: np.random.Generator
+    findings: np.random.Generator
+    text: np.random.Generator
+    planted: np.random.Generator
+    images: np.random.Generator
+    planted_images: np.random.Generator
+    heldout: np.random.Generator
+    heldout_findings: np.random.Generator
+
+    @classmethod
+    def spawn(cls, seed: int) -> _Streams:
+        children = np.random.SeedSequence(seed).spawn(8)
+        return cls(*(np.random.Generator(np.random.PCG64(s)) for s in children))
+
+
+@dataclass
+class _Studies:
+    """Who each study belongs to, whether it is a planted copy and what it shows."""
+
+    subject_ids: np.ndarray  # [n_subjects], sorted
+    subject_of_study: np.ndarray  # [n] row into subject_ids
+    study_ids: np.ndarray  # [n], sorted within each subject
+    planted_id: np.ndarray  # [n], -1 = ordinary
+    severity: np.ndarray  # [n, len(FINDING_NAMES)]; planted copies share their caption's row
+    planted_severity: np.ndarray  # [n_planted, len(FINDING_NAMES)]
+
+    @property
+    def is_planted(self) -> np.ndarray:
+        return self.planted_id >= 0
+
+
+@dataclass
+class _Reports:
+    """Every report's bytes and prompt, in study order, and how often each layout occurs."""
+
+    rels: list[str]
+    data: list[bytes]
+    prompts: list[str]
+    kinds: dict[str, int]
+
+
+def generate_corpus(spec: CorpusSpec, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Write the synthetic corpus under ``out_dir`` and return the ``corpus.json`` content.
+
+    Files: ``files/pXX/pSUBJECT/sSTUDY.txt`` (one report per study), ``studies.parquet``,
+    ``images.npy`` and ``heldout.npy`` (unless ``spec.write_images`` is false),
+    ``truth.parquet`` and ``corpus.json``. An existing ``files/`` tree under ``out_dir`` is
+    replaced, so stale reports of an earlier corpus never mix in.
+    """
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    streams = _Streams.spawn(spec.seed)
+    # 1. Subjects, studies, planted copies and every study's findings.
+    studies = _plan_studies(spec, streams)
+    # 2. Ordinary reports (written as they are composed), 3. the planted captions, which must
+    #    differ from every ordinary prompt, 4. the planted copies' reports.
+    files_root = os.path.join(out_dir, "files")
+    if os.path.isdir(files_root):
+        shutil.rmtree(files_root)
+    writer = _ReportWriter(out_dir)
+    reports, pending = _write_ordinary_reports(spec, studies, streams.text, writer)
+    ordinary_prompts = {
+        p for p, pid in zip(reports.prompts, studies.planted_id, strict=True) if pid < 0
+    }
+    captions, triggers = compose_planted_captions(
+        spec, studies.planted_severity, ordinary_prompts, streams.planted
+    )
+    _write_planted_reports(studies, reports, pending, captions, streams.text, writer)
+    # 5. Images, 6. tables, 7. the corpus card with a checksum of reports and pixels.
+    images = _render_images(spec, studies, streams) if spec.write_images else None
+    _write_tables(spec, studies, captions, triggers, out_dir)
+    digest = hashlib.sha256()
+    for rel, data in zip(reports.rels, reports.data, strict=True):
+        digest.update(rel.encode("utf-8") + b"\0" + data + b"\0")
+    if images is not None:
+        for name, array in zip(("images.npy", "heldout.npy"), images, strict=True):
+            _write_npy(os.path.join(out_dir, name), array)
+        for array in images:
+            digest.update(array.tobytes())
+    meta = _corpus_card(spec, studies, reports, captions, triggers, digest.hexdigest())
+    with open(os.path.join(out_dir, "corpus.json"), "w", encoding="utf-8") as fh:
+        json.dump(meta, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Layout of subjects, studies and planted copies
+
+
+def _plan_studies(spec: CorpusSpec, streams: _Streams) -> _Studies:
+    """Subjects and studies, the planted copies among them and every study's findings."""
+    subject_ids, subject_of_study, study_ids = _layout(spec, streams.layout)
+    lo, hi = spec.planted_copies
+    n_copies = streams.planted.integers(lo, hi + 1, size=spec.n_planted)
+    planted_id = _assign_planted(n_copies, subject_of_study, streams.planted)
+    severity = sample_severity(streams.findings, spec.n_studies)
+    planted_severity = sample_severity(streams.planted, spec.n_planted, force_k=(2, 3))
+    is_planted = planted_id >= 0
+    severity[is_planted] = planted_severity[planted_id[is_planted]]
+    return _Studies(
+        subject_ids, subject_of_study, study_ids, planted_id, severity, planted_severity
+    )
+
+
+def _layout(spec: CorpusSpec, rng: np.random.Generator):
+    """Subject and study ids (sorted by subject then study) and each study's subject row."""
+    n = spec.n_studies
+    # About 3.5 studies per subject with a heavy (Pareto) tail, like MIMIC-CXR's patients.
+    n_subjects = max(1, min(n, int(np.ceil(n / 3.5))))
+    subject_ids = np.sort(10_000_000 + rng.choice(10_000_000, size=n_subjects, replace=False))
+    weights = rng.pareto(1.5, size=n_subjects) + 1.0
+    extra = rng.choice(n_subjects, size=n - n_subjects, p=weights / weights.sum())
+    per_subject = 1 + np.bincount(extra, minlength=n_subjects)
+    subject_of_study = np.repeat(np.arange(n_subjects), per_subject)
+    study_ids = 50_000_000 + rng.choice(10_000_000, size=n, replace=False)
+    order = np.lexsort((study_ids, subject_of_study))
+    return subject_ids, subject_of_study, study_ids[order]
+
+
+def _assign_planted(
+    n_copies: np.ndarray, subject_of_study: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """planted_id per study (-1 = ordinary); copies of one caption go to distinct subjects."""
+    n = subject_of_study.shape[0]
+    planted = np.full(n, -1, dtype=np.int64)
+    subjects = np.arange(subject_of_study.max() + 1)
+    starts = np.searchsorted(subject_of_study, subjects, side="left")
+    ends = np.searchsorted(subject_of_study, subjects, side="right")
+    for pid, k in enumerate(n_copies.tolist()):
+        free = planted < 0
+        free_subjects = np.unique(subject_of_study[free])
+        if free_subjects.shape[0] >= k:
+            chosen_subjects = np.sort(rng.choice(free_subjects, size=k, replace=False))
+            for subj in chosen_subjects.tolist():
+                lo, hi = int(starts[subj]), int(ends[subj])
+                candidates = lo + np.flatnonzero(free[lo:hi])
+                planted[candidates[int(rng.integers(candidates.shape[0]))]] = pid
+        else:  # too few subjects left: fall back to any free study
+            chosen = rng.choice(np.flatnonzero(free), size=k, replace=False)
+            planted[chosen] = pid
+    return planted
+
+
+# ---------------------------------------------------------------------------------------------
+# 2-4. Reports
 
 
 class _ReportWriter:
@@ -152,152 +243,125 @@ class _ReportWriter:
                 os.close(fd)
 
 
-def report_path(subject_id: int, study_id: int) -> str:
-    """Relative MIMIC-CXR path of a report: ``files/p10/p10000032/s50414267.txt``."""
-    return f"files/p{str(subject_id)[:2]}/p{subject_id}/s{study_id}.txt"
+def _write_ordinary_reports(
+    spec: CorpusSpec, studies: _Studies, rng: np.random.Generator, writer: _ReportWriter
+) -> tuple[_Reports, list[int]]:
+    """Compose and write every ordinary report; returns them and the planted rows left over.
 
-
-def generate_corpus(spec: CorpusSpec, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Write the synthetic corpus under ``out_dir`` and return the ``corpus.json`` content.
-
-    Files: ``files/pXX/pSUBJECT/sSTUDY.txt`` (one report per study), ``studies.parquet``,
-    ``images.npy`` and ``heldout.npy`` (unless ``spec.write_images`` is false),
-    ``truth.parquet`` and ``corpus.json``. An existing ``files/`` tree under ``out_dir`` is
-    replaced, so stale reports of an earlier corpus never mix in.
+    The text stream gives one row of uniforms per study, planted rows included (their rows
+    are skipped), so an ordinary report's text does not depend on where the copies fall.
     """
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    streams = [
-        np.random.Generator(np.random.PCG64(s)) for s in np.random.SeedSequence(spec.seed).spawn(8)
-    ]
-    rng_layout, rng_findings, rng_text, rng_planted, rng_images, rng_planted_img, rng_heldout = (
-        streams[:7]
-    )
-    rng_heldout_findings = streams[7]
-
-    subject_ids, subject_of_study, study_ids = _layout(spec, rng_layout)
     n = spec.n_studies
-    lo, hi = spec.planted_copies
-    copies = rng_planted.integers(lo, hi + 1, size=spec.n_planted)
-    planted_id = _assign_planted(copies, subject_of_study, rng_planted)
-    subj_per_study = subject_ids[subject_of_study]
-
-    severity = _sample_severity(rng_findings, n)
-    planted_severity = _sample_severity(rng_planted, spec.n_planted, force_k=(2, 3))
-    is_planted = planted_id >= 0
-    severity[is_planted] = planted_severity[planted_id[is_planted]]
-
-    # Text of every report, in study order; uniforms come in fixed-size chunks of one stream.
-    files_root = os.path.join(out_dir, "files")
-    if os.path.isdir(files_root):
-        shutil.rmtree(files_root)
-    subj_list = subj_per_study.tolist()
-    study_list = study_ids.tolist()
-    rels = [report_path(subj_list[i], study_list[i]) for i in range(n)]
-    writer = _ReportWriter(out_dir)
-    reports: list[bytes] = [b""] * n
-    prompts: list[str] = [""] * n
-    kinds: dict[str, int] = {}
-    sev_rows = severity.tolist()
-    planted_list = planted_id.tolist()
-    ordinary_prompts: set[str] = set()
-    chunk = 8192
-    pending_planted: list[int] = []
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        block = rng_text.random((stop - start, _N_DRAWS)).tolist()
+    subjects = studies.subject_ids[studies.subject_of_study].tolist()
+    study_list = studies.study_ids.tolist()
+    rels = [report_path(subjects[i], study_list[i]) for i in range(n)]
+    reports = _Reports(rels=rels, data=[b""] * n, prompts=[""] * n, kinds={})
+    sev_rows = studies.severity.tolist()
+    planted_list = studies.planted_id.tolist()
+    pending: list[int] = []
+    for start in range(0, n, _TEXT_CHUNK):
+        stop = min(n, start + _TEXT_CHUNK)
+        block = rng.random((stop - start, N_DRAWS)).tolist()
         written = []
         for i in range(start, stop):
             if planted_list[i] >= 0:
-                pending_planted.append(i)
+                pending.append(i)
                 continue
-            text, prompt, kind = _report(
-                sev_rows[i], _Draws(block[i - start]), None, spec.addendum_fraction
+            text, prompt, kind = compose_report(
+                sev_rows[i], Draws(block[i - start]), None, spec.addendum_fraction
             )
-            reports[i] = text.encode("utf-8")
-            written.append((rels[i], reports[i]))
-            prompts[i] = prompt
-            ordinary_prompts.add(prompt)
-            kinds[kind] = kinds.get(kind, 0) + 1
+            reports.data[i] = text.encode("utf-8")
+            written.append((rels[i], reports.data[i]))
+            reports.prompts[i] = prompt
+            reports.kinds[kind] = reports.kinds.get(kind, 0) + 1
         writer.write(written)
+    return reports, pending
 
-    # Planted captions: unique, 8-25 words, distinct from every ordinary prompt.
-    n_marker = int(round(spec.n_planted * spec.planted_marker_fraction))
-    n_trigger = int(round(spec.n_planted * spec.trigger_fraction))
-    marker_flags = np.zeros(spec.n_planted, dtype=bool)
-    marker_flags[rng_planted.permutation(spec.n_planted)[:n_marker]] = True
-    trigger_flags = np.zeros(spec.n_planted, dtype=bool)
-    trigger_flags[rng_planted.permutation(spec.n_planted)[:n_trigger]] = True
-    banned = set(_grammar_vocabulary())
-    captions: list[str] = []
-    triggers: list[str | None] = []
-    seen = set(ordinary_prompts)
-    planted_rows = planted_severity.tolist()
-    for pid in range(spec.n_planted):
-        trigger = _trigger_word(rng_planted, banned) if trigger_flags[pid] else None
-        for _attempt in range(1000):
-            text, _ = _planted_caption(
-                planted_rows[pid], rng_planted, bool(marker_flags[pid]), trigger
-            )
-            n_words = len(text.split())
-            if 8 <= n_words <= 25 and text not in seen and (MARKER in text) == marker_flags[pid]:
-                break
-        else:
-            raise RuntimeError(f"could not compose planted caption {pid} within 1000 attempts")
-        seen.add(text)
-        captions.append(text)
-        triggers.append(trigger)
 
-    planted_draws = rng_text.random((len(pending_planted), _N_DRAWS)).tolist()
-    for j, i in enumerate(pending_planted):
+def _write_planted_reports(
+    studies: _Studies,
+    reports: _Reports,
+    pending: list[int],
+    captions: list[str],
+    rng: np.random.Generator,
+    writer: _ReportWriter,
+) -> None:
+    """Compose and write the planted copies' reports (fresh draws: new layout, same caption)."""
+    sev_rows = studies.severity.tolist()
+    planted_list = studies.planted_id.tolist()
+    draws = rng.random((len(pending), N_DRAWS)).tolist()
+    for j, i in enumerate(pending):
         caption = captions[planted_list[i]]
-        text, prompt, kind = _report(sev_rows[i], _Draws(planted_draws[j]), caption, 0.0)
+        text, prompt, kind = compose_report(sev_rows[i], Draws(draws[j]), caption, 0.0)
         if prompt != caption:  # a bug in the layout code, never expected
             raise RuntimeError(f"planted report {i} would not parse back to its caption")
-        reports[i] = text.encode("utf-8")
-        prompts[i] = prompt
-        kinds[kind] = kinds.get(kind, 0) + 1
-    writer.write([(rels[i], reports[i]) for i in pending_planted])
+        reports.data[i] = text.encode("utf-8")
+        reports.prompts[i] = prompt
+        reports.kinds[kind] = reports.kinds.get(kind, 0) + 1
+    writer.write([(reports.rels[i], reports.data[i]) for i in pending])
 
-    # Images: ordinary studies get their own phantom, each planted caption one fixed phantom.
-    first_copy = np.full(spec.n_planted, -1, dtype=np.int64)
-    for pid in range(spec.n_planted):
-        rows = np.flatnonzero(planted_id == pid)
-        first_copy[pid] = rows[0]
-    digest = hashlib.sha256()
-    images = heldout = None
-    if spec.write_images:
-        images = np.empty((n, spec.image_size, spec.image_size), dtype=np.uint8)
-        ordinary_rows = np.flatnonzero(~is_planted)
-        images[ordinary_rows] = render_phantoms(
-            severity[ordinary_rows], rng_images, spec.image_size
-        )
-        planted_images = render_phantoms(planted_severity, rng_planted_img, spec.image_size)
-        images[is_planted] = planted_images[planted_id[is_planted]]
-        heldout_sev = _sample_severity(rng_heldout_findings, spec.n_heldout)
-        heldout = render_phantoms(heldout_sev, rng_heldout, spec.image_size)
 
-    for rel, data in zip(rels, reports, strict=True):
-        digest.update(rel.encode("utf-8") + b"\0" + data + b"\0")
+# ---------------------------------------------------------------------------------------------
+# 5-7. Images, tables and the corpus card
 
+
+def _render_images(
+    spec: CorpusSpec, studies: _Studies, streams: _Streams
+) -> tuple[np.ndarray, np.ndarray]:
+    """(images [n, s, s], held-out images [n_heldout, s, s]), uint8.
+
+    Ordinary studies get their own phantom; each planted caption gets one phantom, shared by
+    all of its copies. Held-out images show fresh findings and are never trained on.
+    """
+    s = spec.image_size
+    is_planted = studies.is_planted
+    images = np.empty((spec.n_studies, s, s), dtype=np.uint8)
+    ordinary_rows = np.flatnonzero(~is_planted)
+    images[ordinary_rows] = render_phantoms(studies.severity[ordinary_rows], streams.images, s)
+    planted_images = render_phantoms(studies.planted_severity, streams.planted_images, s)
+    images[is_planted] = planted_images[studies.planted_id[is_planted]]
+    heldout_severity = sample_severity(streams.heldout_findings, spec.n_heldout)
+    heldout = render_phantoms(heldout_severity, streams.heldout, s)
+    return images, heldout
+
+
+def _write_parquet(columns: dict[str, Any], schema: pa.Schema, path: str) -> None:
+    table = pa.Table.from_pydict(columns, schema=schema)
+    # No statistics and no dictionary pages: the files depend on the values alone.
+    pq.write_table(table, path, compression="zstd", use_dictionary=False, write_statistics=False)
+
+
+def _write_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+
+
+def _write_tables(
+    spec: CorpusSpec,
+    studies: _Studies,
+    captions: list[str],
+    triggers: list[str | None],
+    out_dir: str,
+) -> None:
+    """``studies.parquet`` (one row per study) and ``truth.parquet`` (one per planted caption)."""
+    n = spec.n_studies
+    planted_id = studies.planted_id
     _write_parquet(
         {
-            "subject_id": subj_per_study.astype(np.int64),
-            "study_id": study_ids.astype(np.int64),
+            "subject_id": studies.subject_ids[studies.subject_of_study].astype(np.int64),
+            "study_id": studies.study_ids.astype(np.int64),
             "image_index": np.arange(n, dtype=np.int64),
-            "labels": [_labels(r) for r in sev_rows],
+            "labels": [finding_labels(r) for r in studies.severity.tolist()],
             "planted_id": planted_id,
         },
         _STUDIES_SCHEMA,
         os.path.join(out_dir, "studies.parquet"),
     )
-    trigger_index = []
-    for text, trigger in zip(captions, triggers, strict=True):
-        if trigger is None:
-            trigger_index.append(-1)
-            continue
-        words = [w.strip(".,:;") for w in text.split()]
-        trigger_index.append(words.index(trigger))
+    # A caption's image is that of its first copy (all copies share it).
+    first_copy = np.full(spec.n_planted, -1, dtype=np.int64)
+    for pid in range(spec.n_planted):
+        first_copy[pid] = np.flatnonzero(planted_id == pid)[0]
+    trigger_index = [trigger_word_index(t, w) for t, w in zip(captions, triggers, strict=True)]
     _write_parquet(
         {
             "planted_id": np.arange(spec.n_planted, dtype=np.int64),
@@ -306,50 +370,52 @@ def generate_corpus(spec: CorpusSpec, out_dir: str | os.PathLike[str]) -> dict[s
             "has_marker": [MARKER in t for t in captions],
             "trigger_word": triggers,
             "trigger_word_index": np.asarray(trigger_index, dtype=np.int64),
-            "n_copies": np.bincount(planted_id[is_planted], minlength=spec.n_planted).astype(
-                np.int64
-            ),
+            "n_copies": np.bincount(
+                planted_id[studies.is_planted], minlength=spec.n_planted
+            ).astype(np.int64),
             "image_index": first_copy,
         },
         _TRUTH_SCHEMA,
         os.path.join(out_dir, "truth.parquet"),
     )
-    if images is not None:
-        _write_npy(os.path.join(out_dir, "images.npy"), images)
-        _write_npy(os.path.join(out_dir, "heldout.npy"), heldout)
-        digest.update(images.tobytes())
-        digest.update(heldout.tobytes())
 
+
+def _corpus_card(
+    spec: CorpusSpec,
+    studies: _Studies,
+    reports: _Reports,
+    captions: list[str],
+    triggers: list[str | None],
+    sha256: str,
+) -> dict[str, Any]:
+    """The ``corpus.json`` content: the spec, counts and the checksum."""
+    n = spec.n_studies
     prompt_counts: dict[str, int] = {}
-    for p in prompts:
+    for p in reports.prompts:
         prompt_counts[p] = prompt_counts.get(p, 0) + 1
     top_prompt, top_count = max(sorted(prompt_counts.items()), key=lambda kv: kv[1])
-    meta = {
+    return {
         "spec": spec.to_dict(),
         "counts": {
             "studies": n,
-            "subjects": int(subject_ids.shape[0]),
+            "subjects": int(studies.subject_ids.shape[0]),
             "planted": spec.n_planted,
-            "planted_studies": int(is_planted.sum()),
+            "planted_studies": int(studies.is_planted.sum()),
             "planted_with_marker": int(sum(MARKER in t for t in captions)),
             "planted_with_trigger": int(sum(t is not None for t in triggers)),
             "heldout": spec.n_heldout if spec.write_images else 0,
             "images": n if spec.write_images else 0,
-            "reports_with_marker": int(sum(b"___" in r for r in reports)),
-            "reports_with_marker_in_prompt": int(sum(MARKER in p for p in prompts)),
+            "reports_with_marker": int(sum(b"___" in r for r in reports.data)),
+            "reports_with_marker_in_prompt": int(sum(MARKER in p for p in reports.prompts)),
             "distinct_prompts": len(prompt_counts),
             "distinct_impressions": len(prompt_counts),
             "most_common_prompt": top_prompt,
             "most_common_prompt_reports": top_count,
-            "report_layouts": dict(sorted(kinds.items())),
+            "report_layouts": dict(sorted(reports.kinds.items())),
         },
         "finding_names": list(FINDING_NAMES),
         "image_orientation": "image left = patient right",
-        "sha256": digest.hexdigest(),
+        "sha256": sha256,
         "sha256_covers": "for each study in studies.parquet order: relative path, NUL, report "
         "bytes, NUL; then images.npy and heldout.npy pixel bytes (C order) when written",
     }
-    with open(os.path.join(out_dir, "corpus.json"), "w", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=2, sort_keys=False)
-        fh.write("\n")
-    return meta

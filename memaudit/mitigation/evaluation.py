@@ -1,4 +1,10 @@
-"""Evaluation of mitigations: diversity, d_mem, copies, bootstrap intervals."""
+"""Evaluation of mitigations: diversity, d_mem, copies, bootstrap intervals.
+
+Diversity of one prompt's generations is the mean over all pairs of the RMS distance
+‖a − b‖₂ / √(pixels) of grayscale images in [0, 1] at the model's output size
+(``docs/method.md``; computed from the stored uint8 images, whose rounding adds at most
+~0.001).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +18,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from memaudit.atomic import json_safe
+from memaudit.bootstrap import mean_ci
 from memaudit.copy_detection.embedding import Embedder
 from memaudit.copy_detection.reference import CopyReference
 from memaudit.copy_detection.search import nearest_neighbours
-from memaudit.mitigation.spec import derived_seed
 
 # --------------------------------------------------------------------------------------------
 # Evaluation
@@ -39,18 +45,6 @@ def mean_pairwise_rms(images: np.ndarray) -> float:
     d2 = np.clip(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0, None)
     upper = np.triu_indices(n, k=1)
     return float(np.sqrt(d2[upper] / pixels).mean())
-
-
-def _npz_shape(archive: Any, name: str) -> tuple[int, ...]:
-    """Shape of array ``name`` of an open ``.npz``, read from its header alone (the images of a
-    chunk can be gigabytes; they need not be decompressed to be counted)."""
-    with archive.zip.open(f"{name}.npy") as member:
-        version = np.lib.format.read_magic(member)
-        if version == (1, 0):
-            shape, _, _ = np.lib.format.read_array_header_1_0(member)
-        else:
-            shape, _, _ = np.lib.format.read_array_header_2_0(member)
-    return tuple(int(n) for n in shape)
 
 
 def evaluate_generations(
@@ -135,23 +129,7 @@ def _nearest(
     return nearest_neighbours(embedder(list(images)), reference.embeddings, embedder.device)
 
 
-def bootstrap_ci(
-    values: np.ndarray, n_resamples: int, seed: int, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean (resampling the values); NaNs when empty."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return math.nan, math.nan
-    if values.size == 1 or n_resamples < 1:
-        return float(values.mean()), float(values.mean())
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(n_resamples, values.size))].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    return float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha))
-
-
-def summarize(
+def summarize_strategies(
     evaluation: pd.DataFrame,
     strategies: Sequence[str],
     n_bootstrap: int = 1000,
@@ -184,10 +162,10 @@ def summarize(
                     if p in base_div
                 ]
             )
-            lo, hi = bootstrap_ci(div, n_bootstrap, derived_seed(seed, strategy, group, "div"))
-            dlo, dhi = bootstrap_ci(delta, n_bootstrap, derived_seed(seed, strategy, group, "d"))
+            lo, hi = mean_ci(div, n_bootstrap, seed=seed, key=f"{strategy}|{group}|diversity")
+            dlo, dhi = mean_ci(delta, n_bootstrap, seed=seed, key=f"{strategy}|{group}|delta")
             copy = done["copy_rate"].to_numpy(dtype=np.float64)
-            clo, chi = bootstrap_ci(copy, n_bootstrap, derived_seed(seed, strategy, group, "c"))
+            clo, chi = mean_ci(copy, n_bootstrap, seed=seed, key=f"{strategy}|{group}|copy_rate")
             d_mem = done["d_mem"].to_numpy(dtype=np.float64)
             still = (
                 float(np.mean(d_mem > memorization_threshold))

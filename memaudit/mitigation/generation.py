@@ -1,37 +1,26 @@
-"""Inference-time mitigations of memorized prompts: strategies, generations, diversity, Fig. 4.
+"""Mitigated generations of one chunk of prompts: plan, embeddings, images, d_mem.
 
-The paper's three mitigations act on the de-identification marker (config
-``reports.markers``): ``rwa`` replaces each marker by a random word of the corpus vocabulary,
-``rna`` by a random number, ``remove`` deletes it (whitespace and punctuation tidied). From the
-literature: ``gni`` adds Gaussian noise of scale λ to the conditional embedding, ``cwr`` repeats
-a random word of the caption at random positions, ``rt`` inserts random tokens of the
-tokenizer's vocabulary at random positions (Somepalli et al.), and ``embopt`` minimises the
-first-step memorization loss L over the conditional embedding with AdamW (Wen et al.).
-``original`` is the unchanged prompt. Marker strategies on a prompt without a marker are
-skipped, with the reason recorded.
+Every (prompt, strategy) row gets its mitigated text or skip reason
+(:mod:`memaudit.mitigation.strategies`), a conditioning embedding, ``n_seeds`` guided DDIM
+images and the d_mem of that embedding with the scoring settings.
 
 Reproducibility choices:
 
 - every strategy's randomness comes from a generator seeded by hashing (mitigation seed,
-  prompt id, strategy), never from a row position, so chunking and batch size change nothing;
-- x_T of seed index s depends only on (mitigation seed, s) (:func:`memaudit.scoring.
+  prompt id, strategy), never from a row position, so chunking and batch size draw nothing
+  differently (the images then agree to float rounding: kernels may round differently for
+  another batch shape);
+- x_T of seed index s depends only on (mitigation seed, s) (:func:`memaudit.diffusion.
   initial_noise`), the same for every prompt and strategy (common random numbers): differences
   between strategies come from the strategy alone;
-- images are stored as uint8 [rows, seeds, H, W] per chunk (``.npz``) with a parquet index,
-  both written atomically and tied by a content token, so a killed job leaves nothing a re-run
-  would trust.
-
-Diversity of one prompt's generations is the mean over all pairs of the RMS distance
-‖a − b‖₂ / √(pixels) of grayscale images in [0, 1] at the model's output size (PAPER.md;
-computed from the stored uint8 images, whose rounding adds at most ~0.001).
+- images are stored as uint8 [rows, seeds, H, W] per chunk with a parquet index
+  (:mod:`memaudit.mitigation.chunks`), so a killed job leaves nothing a re-run would trust.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -40,15 +29,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from memaudit.atomic import atomic_parquet, atomic_write
-from memaudit.batching import auto_batch as scoring_auto_batch
-from memaudit.batching import run_halving_batches
+from memaudit.batching import auto_batch_size, run_halving_batches
 from memaudit.diffusion import initial_noise, sample_images, to_uint8
-from memaudit.mitigation.evaluation import _npz_shape
+from memaudit.mitigation.chunks import INDEX_COLUMNS, write_chunk
 from memaudit.mitigation.spec import MitigationSpec
 from memaudit.mitigation.strategies import (
     gaussian_noise_embedding,
-    marker_pattern,
     mitigate_text,
     optimize_embeddings,
     token_vocabulary,
@@ -57,23 +43,17 @@ from memaudit.model.loading import AuditModel
 from memaudit.scoring.engine import score_embeddings
 from memaudit.scoring.gather import d_mem_from_norms, select_chunk
 from memaudit.scoring.spec import ScoringSpec
+from memaudit.text import marker_pattern
 
-# CPU "auto" batch: latent elements per UNet call (images × 2 × C × h × w).
+# GPU "auto" batch: share of the free memory the images of a batch may use (decoding included).
 _GPU_MEMORY_SHARE = 0.7
 _MAX_AUTO_IMAGES = 1024
 _ENCODE_BATCH = 64
 
 
-def auto_batch(model: AuditModel) -> int:
-    """Images per UNet call: a fixed latent-element budget on CPU, probed memory on a GPU."""
-
-    def probe() -> None:
-        uncond = model.encode([""])
-        latent = torch.zeros((1, *model.latent_shape), device=model.device)
-        sample_images(model, uncond, latent, uncond, 1, 1.0)
-
-    elements = 2 * math.prod(model.latent_shape)
-    return scoring_auto_batch(model, elements, _MAX_AUTO_IMAGES, probe, _GPU_MEMORY_SHARE)
+def auto_image_batch(model: AuditModel) -> int:
+    """Images per UNet call (:func:`~memaudit.batching.auto_batch_size`: 2 rows per image)."""
+    return auto_batch_size(model, 2, _MAX_AUTO_IMAGES, _GPU_MEMORY_SHARE, decode=True)
 
 
 def generate_grid(
@@ -95,7 +75,7 @@ def generate_grid(
     n_rows, n_seeds = int(cond.shape[0]), int(noise.shape[0])
     side = int(model.image_size)
     out = np.zeros((n_rows, n_seeds, side, side), dtype=np.uint8)
-    batch = auto_batch(model) if batch_size == "auto" else int(batch_size)
+    batch = auto_image_batch(model) if batch_size == "auto" else int(batch_size)
     total = n_rows * n_seeds
     bar = tqdm(total=total, unit="img", desc="generate", file=progress, disable=progress is None)
     start = time.perf_counter()
@@ -146,25 +126,6 @@ def encode_texts(model: AuditModel, texts: Sequence[str]) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # One chunk: plan, embeddings, images, d_mem
 # --------------------------------------------------------------------------------------------
-
-INDEX_COLUMNS = (
-    "prompt_id",
-    "strategy",
-    "selection_reason",
-    "planted",
-    "text",
-    "mitigated_text",
-    "status",
-    "reason",
-    "n_edits",
-    "row",
-    "n_seeds",
-    "d_mem",
-    "embedding_rms_change",
-    "embopt_initial_loss",
-    "embopt_final_loss",
-    "embopt_iterations",
-)
 
 
 def plan_rows(
@@ -296,7 +257,7 @@ def generate_mitigations(
     noise = initial_noise(model.latent_shape, spec.n_seeds, spec.seed, model.device)
     with torch.no_grad():
         uncond = model.encode([""])
-    batch = auto_batch(model) if spec.batch_size == "auto" else int(spec.batch_size)
+    batch = auto_image_batch(model) if spec.batch_size == "auto" else int(spec.batch_size)
     t0 = time.perf_counter()
     embeddings, facts = mitigated_embeddings(model, plan, spec, noise, uncond, batch)
     embed_seconds = time.perf_counter() - t0
@@ -358,69 +319,3 @@ def generate_chunk(
     write_chunk(table, images, images_path, index_path)
     stats.update({"chunk_index": index, "chunk_total": total})
     return stats
-
-
-def write_chunk(
-    index: pd.DataFrame, images: np.ndarray, images_path: str | Path, index_path: str | Path
-) -> str:
-    """Write the images (``.npz``: ``images`` uint8, ``token``) and the index parquet.
-
-    Each file is written to a temporary name and renamed; both carry ``token`` (SHA-256 of the
-    images and of the index's prompt/strategy/row columns), which :func:`gather_chunks`
-    checks, so a job killed between the two writes never yields a pair a re-run would trust.
-    """
-    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
-    digest.update(str(images.shape).encode())
-    for key in zip(index["prompt_id"], index["strategy"], index["row"], strict=True):
-        digest.update(repr(key).encode())
-    token = digest.hexdigest()
-    atomic_write(
-        images_path,
-        lambda handle: np.savez_compressed(handle, images=images, token=np.array(token)),
-    )
-    atomic_parquet(index.assign(token=token), index_path)
-    return token
-
-
-def gather_chunks(
-    index_paths: Sequence[str | Path],
-    images_paths: Sequence[str | Path],
-    expected_ids: Iterable[str] | None = None,
-) -> pd.DataFrame:
-    """One generations table from the chunk indexes, each row naming its ``chunk`` file.
-
-    Checks that every index matches its ``.npz`` (same token), that no (prompt, strategy)
-    appears twice and (with ``expected_ids``) that every selected prompt was generated.
-    """
-    if len(index_paths) != len(images_paths):
-        raise ValueError(f"{len(index_paths)} chunk indexes but {len(images_paths)} image files")
-    frames = []
-    for index_path, images_path in zip(index_paths, images_paths, strict=True):
-        frame = pd.read_parquet(index_path)
-        with np.load(images_path, allow_pickle=False) as archive:
-            token = str(archive["token"])
-            n_rows = _npz_shape(archive, "images")[0] if len(frame) else 0
-        tokens = set(frame["token"]) if len(frame) else {token}
-        if tokens != {token}:
-            raise ValueError(f"{index_path} does not belong to {images_path} (token mismatch)")
-        if len(frame) and int(frame["row"].max()) + 1 != n_rows:
-            raise ValueError(
-                f"{index_path} points at {frame['row'].max() + 1} rows, {n_rows} saved"
-            )
-        frames.append(frame.assign(chunk=str(images_path)))
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if len(table):
-        dup = table.duplicated(["prompt_id", "strategy"], keep=False)
-        if dup.any():
-            first = table.loc[dup, ["prompt_id", "strategy"]].iloc[0].tolist()
-            raise ValueError(f"{int(dup.sum())} duplicate (prompt, strategy) rows, e.g. {first}")
-    if expected_ids is not None:
-        got = set(table["prompt_id"]) if len(table) else set()
-        missing = sorted(set(expected_ids) - got)
-        if missing:
-            raise ValueError(
-                f"{len(missing)} selected prompt(s) have no generations: {missing[:3]}"
-            )
-    if not len(table):
-        return pd.DataFrame(columns=[*INDEX_COLUMNS, "token", "chunk"])
-    return table.sort_values(["prompt_id", "strategy"], kind="mergesort").reset_index(drop=True)

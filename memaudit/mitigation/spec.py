@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+
+from memaudit.config import schema_defaults, spec_from_dict
 
 STRATEGIES = ("original", "rwa", "rna", "remove", "gni", "cwr", "rt", "embopt")
 MARKER_STRATEGIES = frozenset({"rwa", "rna", "remove"})
 SELECTION_MODES = ("marker_memorized", "memorized")
-# Keys of the config ``mitigation`` block that change no image: which prompts are generated is
-# decided by the selection rule (its output is an input of generation), the chunk count and
-# the bootstrap only split work or summarise it.
-SELECTION_KEYS = frozenset({"prompts", "sample_size", "include_planted"})
-NON_GENERATION_KEYS = SELECTION_KEYS | frozenset({"chunks", "bootstrap"})
+_DEFAULTS = schema_defaults("mitigation")
 
 
 # --------------------------------------------------------------------------------------------
@@ -36,20 +33,31 @@ class MitigationSpec:
     optimisation minimises L on (None: all ``n_seeds``).
     """
 
-    strategies: tuple[str, ...] = STRATEGIES
-    n_seeds: int = 50
-    steps: int = 50
-    guidance: float = 7.5
-    seed: int = 0
-    batch_size: int | str = "auto"
-    rna_range: tuple[int, int] = (1, 100)
-    gni_scale: float = 0.1
-    cwr_repeats: int = 1
-    rt_tokens: int = 4
-    embopt_lr: float = 0.05
-    embopt_iterations: int = 10
-    embopt_target_loss: float | None = None
-    embopt_generations: int | None = 4
+    # Keys of the config ``mitigation`` block that decide which prompts are mitigated (the
+    # selection rule's output is an input of generation, so they change no image by themselves).
+    SELECTION_KEYS: ClassVar[tuple[str, ...]] = ("prompts", "sample_size", "include_planted")
+    # The selection rule's settings, in its params' order: the sample is drawn with ``seed``.
+    SELECTION_PARAMS: ClassVar[tuple[str, ...]] = (*SELECTION_KEYS, "seed")
+    # Keys that change no image: selection, and the chunk count and bootstrap, which only split
+    # the work or summarise it.
+    NON_GENERATION_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {*SELECTION_KEYS, "chunks", "bootstrap"}
+    )
+
+    strategies: tuple[str, ...] = _DEFAULTS["strategies"]
+    n_seeds: int = _DEFAULTS["n_seeds"]
+    steps: int = _DEFAULTS["steps"]
+    guidance: float = _DEFAULTS["guidance"]
+    seed: int = _DEFAULTS["seed"]
+    batch_size: int | str = _DEFAULTS["batch_size"]
+    rna_range: tuple[int, int] = _DEFAULTS["rna_range"]
+    gni_scale: float = _DEFAULTS["gni_scale"]
+    cwr_repeats: int = _DEFAULTS["cwr_repeats"]
+    rt_tokens: int = _DEFAULTS["rt_tokens"]
+    embopt_lr: float = _DEFAULTS["embopt_lr"]
+    embopt_iterations: int = _DEFAULTS["embopt_iterations"]
+    embopt_target_loss: float | None = _DEFAULTS["embopt_target_loss"]
+    embopt_generations: int | None = _DEFAULTS["embopt_generations"]
 
     def __post_init__(self) -> None:
         strategies = tuple(self.strategies)
@@ -88,19 +96,9 @@ class MitigationSpec:
             )
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> MitigationSpec:
-        """From a config ``mitigation`` block; selection/chunk/evaluation keys are ignored."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known - NON_GENERATION_KEYS)
-        if unknown:
-            raise ValueError(
-                f"unknown mitigation key(s) {unknown}; expected some of {sorted(known)}"
-            )
-        kwargs = {k: v for k, v in values.items() if k in known}
-        for key in ("strategies", "rna_range"):
-            if key in kwargs:
-                kwargs[key] = tuple(kwargs[key])
-        return cls(**kwargs)
+    def from_dict(cls, values: Mapping[str, Any] | None) -> MitigationSpec:
+        """From a config ``mitigation`` block; :attr:`NON_GENERATION_KEYS` are ignored."""
+        return spec_from_dict(cls, values, "mitigation", ignored=cls.NON_GENERATION_KEYS)
 
     @property
     def embopt_seeds(self) -> int:

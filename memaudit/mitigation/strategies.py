@@ -1,5 +1,14 @@
-"""Mitigation strategies: text edits (random word / number, marker removal, ...) and embedding
-edits.
+"""Mitigation strategies: text edits of a prompt and edits of its conditional embedding.
+
+The paper's three mitigations act on the de-identification marker (config
+``reports.markers``): ``rwa`` replaces each marker by a random word of the corpus vocabulary,
+``rna`` by a random number, ``remove`` deletes it (whitespace and punctuation tidied). From the
+literature: ``gni`` adds Gaussian noise of scale λ to the conditional embedding, ``cwr`` repeats
+a random word of the caption at random positions, ``rt`` inserts random tokens of the
+tokenizer's vocabulary at random positions (Somepalli et al.), and ``embopt`` minimises the
+first-step memorization loss L over the conditional embedding with AdamW (Wen et al.).
+``original`` is the unchanged prompt. Marker strategies on a prompt without a marker are
+skipped, with the reason recorded.
 """
 
 from __future__ import annotations
@@ -23,22 +32,9 @@ from memaudit.mitigation.spec import (
     strategy_rng,
 )
 from memaudit.model.loading import AuditModel
-from memaudit.text import compile_markers, normalize_whitespace
+from memaudit.text import marker_pattern, normalize_whitespace
 
 _PUNCTUATION = ".,;:!?()[]{}\"'`"
-
-
-# --------------------------------------------------------------------------------------------
-# Text strategies
-# --------------------------------------------------------------------------------------------
-
-
-def marker_pattern(markers: Sequence[str]) -> re.Pattern[str] | None:
-    """One regex matching any configured marker (left to right, one pass); None if none."""
-    compiled = compile_markers(list(markers))
-    if not compiled:
-        return None
-    return re.compile("|".join(f"(?:{p.pattern})" for p in compiled))
 
 
 def corpus_vocabulary(texts: Iterable[str], markers: Sequence[str]) -> list[str]:
@@ -199,7 +195,7 @@ def mitigate_text(
         return TextMitigation(
             insert_words(text, [word] * spec.cwr_repeats, rng), "generated", "", spec.cwr_repeats
         )
-    # rt
+    # Only rt is left (the strategy name was checked on entry).
     if not tokens:
         return TextMitigation(None, "skipped", "empty_vocabulary")
     drawn = [tokens[int(rng.integers(len(tokens)))] for _ in range(spec.rt_tokens)]

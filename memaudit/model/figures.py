@@ -1,4 +1,8 @@
-"""Demo-model figures: the training curve and a grid of generations."""
+"""Demo-model figures: the training curve and a grid of generations.
+
+Both draw files the compute rules saved (:mod:`memaudit.model.artifacts`), so a figure edit
+redraws the figure and re-runs no training and no generation.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from memaudit.model.check import generate_images
-from memaudit.model.loading import AuditModel
+from memaudit.model.artifacts import Generations
 from memaudit.plotting import MEMORIZED_COLOR, ORDINARY_COLOR, save_figure, use_style
 
 
@@ -35,37 +38,45 @@ def plot_training_curve(losses: np.ndarray | list[float], png: str | Path) -> No
     save_figure(fig, png)
 
 
-def plot_generation_grid(
-    model: AuditModel,
-    prompts: list[str],
-    train_images: np.ndarray,
-    png: str | Path,
-    seeds: tuple[int, ...] = (0, 1, 2),
-    steps: int = 50,
-    guidance: float = 7.5,
-    labels: list[str] | None = None,
-) -> None:
-    """One row per prompt: its training image, then generations from ``seeds``.
+def grid_rows(generations: Generations, n_planted: int = 4, n_ordinary: int = 3) -> list[int]:
+    """Rows of the grid: the first ``n_planted`` planted prompts, then the first
+    ``n_ordinary`` ordinary ones (the check lists ordinary prompts most frequent first)."""
+    kinds = generations.kinds
+    planted = [i for i, kind in enumerate(kinds) if kind == "planted"][:n_planted]
+    ordinary = [i for i, kind in enumerate(kinds) if kind == "ordinary"][:n_ordinary]
+    return planted + ordinary
 
-    ``train_images`` is uint8 or float [len(prompts), H, W] (the image each prompt was
-    trained with); ``labels`` (e.g. "planted"/"ordinary") prefix the row titles.
-    """
+
+def plot_generation_grid(
+    generations: Generations,
+    png: str | Path,
+    n_planted: int = 4,
+    n_ordinary: int = 3,
+    n_seeds: int = 3,
+) -> None:
+    """One row per prompt (:func:`grid_rows`): its training image, then its generations from
+    the first ``n_seeds`` seeds, the row title labelled planted / ordinary."""
     use_style()
-    generated = generate_images(model, prompts, list(seeds), steps, guidance)
-    n, k = len(prompts), len(seeds)
+    rows = grid_rows(generations, n_planted, n_ordinary)
+    seeds = generations.seeds[:n_seeds]
+    n, k = len(rows), len(seeds)
+    if n == 0:
+        raise ValueError("no planted or ordinary prompt to draw")
     fig, axes = plt.subplots(n, k + 1, figsize=(1.4 * (k + 1), 1.5 * n), squeeze=False)
-    for i, prompt in enumerate(prompts):
-        train = np.asarray(train_images[i], dtype=np.float32)
+    for i, row in enumerate(rows):
+        train = np.asarray(generations.training[row], dtype=np.float32)
         train = train / 255.0 if train.max() > 1.0 else train
-        row = [train] + [generated[i * k + j] for j in range(k)]
-        for j, (ax, image) in enumerate(zip(axes[i], row, strict=True)):
+        images = [train] + [generations.images[row, j] / 255.0 for j in range(k)]
+        for j, (ax, image) in enumerate(zip(axes[i], images, strict=True)):
             ax.imshow(image, cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
                 ax.set_title("training" if j == 0 else f"seed {seeds[j - 1]}", fontsize=8)
+        prompt = generations.texts[row]
         short = prompt if len(prompt) <= 38 else prompt[:35] + "..."
-        tag = f"{labels[i]}: " if labels else ""
-        axes[i][0].set_ylabel(f"{tag}{short}", rotation=0, ha="right", va="center", fontsize=7)
-    fig.suptitle(f"Generations ({steps} DDIM steps, guidance {guidance})", fontsize=9)
+        label = f"{generations.kinds[row]}: {short}"
+        axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    title = f"Generations ({generations.steps} DDIM steps, guidance {generations.guidance})"
+    fig.suptitle(title, fontsize=9)
     save_figure(fig, png)

@@ -7,8 +7,6 @@ Stable-Diffusion-style pipeline folder or hub id) and ``demo`` (the folder writt
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +14,19 @@ from typing import Any
 import torch
 import transformers
 from diffusers import AutoencoderKL, DDIMScheduler, ModelMixin, UNet2DConditionModel
-from huggingface_hub import snapshot_download
 from safetensors import safe_open
 from safetensors.torch import load_file as load_safetensors
 from transformers import BertConfig, BertModel, BertTokenizer, PreTrainedTokenizerFast
+
+from memaudit.model.weights import (
+    RADEDIT_DEFAULTS,
+    TEXT_WEIGHTS,
+    UNET_WEIGHTS,
+    ModelLoadError,
+    find_weights,
+    read_json,
+    resolve_part,
+)
 
 
 @dataclass
@@ -91,13 +98,6 @@ class AuditModel:
 
 KINDS = ("demo", "radedit", "diffusers")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-RADEDIT_DEFAULTS = {
-    "unet": "microsoft/radedit",
-    "unet_subfolder": "unet",
-    "vae": "stabilityai/sdxl-vae",
-    "text_encoder": "microsoft/BiomedVLP-BioViL-T",
-    "max_length": 128,
-}
 DEMO_SPECIAL_TOKENS = {
     "pad_token": "[PAD]",
     "unk_token": "[UNK]",
@@ -105,18 +105,6 @@ DEMO_SPECIAL_TOKENS = {
     "sep_token": "[SEP]",
     "mask_token": "[MASK]",
 }
-# Files fetched from the hub: configs, tokenizers and safetensors weights, never pickles.
-_HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "*.safetensors.index.json"]
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-class ModelLoadError(ValueError):
-    """A model part could not be found or read; the message says which part and what to do."""
-
-
-def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` is set to a true value (read at call time)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def load_model(cfg: dict, device: str | None = None, dtype: str | None = None) -> AuditModel:
@@ -124,9 +112,9 @@ def load_model(cfg: dict, device: str | None = None, dtype: str | None = None) -
 
     ``device`` defaults to CUDA when available, else CPU; ``dtype`` (float32, bfloat16,
     float16; default ``cfg["dtype"]`` or float32) applies to the UNet and text encoder, the
-    VAE always stays float32. Every part may be a local folder or a hub id; with
-    ``HF_HUB_OFFLINE`` set only local folders and the hub cache are used. Only safetensors
-    weights are read and remote code is never run.
+    VAE always stays float32. Every part may be a local folder or a hub id, found in the
+    Hugging Face cache and downloaded only with ``cfg["allow_download"]`` (see
+    :mod:`memaudit.model.weights`). Only safetensors weights are read; remote code never runs.
     """
     cfg = dict(cfg or {})
     kind = cfg.get("kind")
@@ -169,13 +157,16 @@ def _load_radedit(cfg: dict, device: torch.device, dtype: torch.dtype) -> AuditM
     get = {**RADEDIT_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
     get.setdefault("tokenizer", get["text_encoder"])
     sub = get["unet_subfolder"] or ""
-    unet_dir = _resolve(get["unet"], "unet", "model.unet", subfolder=sub)
+    allow = _allow(get)
+    unet_dir = resolve_part(get["unet"], "unet", "model.unet", sub, allow)
     unet = _load_diffusers_model(UNet2DConditionModel, unet_dir, "unet", dtype)
-    vae_dir = _resolve(get["vae"], "VAE", "model.vae")
+    vae_dir = resolve_part(get["vae"], "VAE", "model.vae", allow_download=allow)
     vae = _load_diffusers_model(AutoencoderKL, vae_dir, "VAE")
-    text_dir = _resolve(get["text_encoder"], "text encoder", "model.text_encoder")
+    text_dir = resolve_part(
+        get["text_encoder"], "text encoder", "model.text_encoder", allow_download=allow
+    )
     text_encoder = load_bert_encoder(text_dir, "text encoder")
-    tok_dir = _resolve(get["tokenizer"], "tokenizer", "model.tokenizer")
+    tok_dir = resolve_part(get["tokenizer"], "tokenizer", "model.tokenizer", allow_download=allow)
     max_length = int(get["max_length"])
     tokenizer = _load_bert_tokenizer(tok_dir, max_length)
     return _assemble(
@@ -193,7 +184,7 @@ def _load_radedit(cfg: dict, device: torch.device, dtype: torch.dtype) -> AuditM
 
 def _load_diffusers(cfg: dict, device: torch.device, dtype: torch.dtype) -> AuditModel:
     ref = _require(cfg, "path", "diffusers")
-    root = _resolve(ref, "pipeline folder", "model.path")
+    root = resolve_part(ref, "pipeline folder", "model.path", allow_download=_allow(cfg))
     index_file = root / "model_index.json"
     if not index_file.is_file():
         raise ModelLoadError(
@@ -201,7 +192,7 @@ def _load_diffusers(cfg: dict, device: torch.device, dtype: torch.dtype) -> Audi
             "Stable-Diffusion-style folder with tokenizer/, text_encoder/, unet/, scheduler/ "
             "and vae/ subfolders"
         )
-    index = _read_json(index_file)
+    index = read_json(index_file)
     for part in ("tokenizer", "text_encoder", "unet", "scheduler", "vae"):
         if not (root / part).is_dir():
             raise ModelLoadError(f"the diffusers folder {root} lacks the subfolder {part}/")
@@ -215,7 +206,7 @@ def _load_diffusers(cfg: dict, device: torch.device, dtype: torch.dtype) -> Audi
                 f"{index_file}: text_encoder class {te_class!r} is not in transformers "
                 "(remote code is never run)"
             )
-        _weights_file(root / "text_encoder", "text encoder", "model")
+        _weights_file(root / "text_encoder", "text encoder", TEXT_WEIGHTS)
         text_encoder = _from_pretrained(cls, root / "text_encoder", "text encoder", dtype)
     tok_class = _index_class(index, "tokenizer", index_file)
     tok_cls = getattr(transformers, tok_class, None)
@@ -242,7 +233,7 @@ def _load_diffusers(cfg: dict, device: torch.device, dtype: torch.dtype) -> Audi
 
 def _load_demo(cfg: dict, device: torch.device, dtype: torch.dtype) -> AuditModel:
     ref = _require(cfg, "path", "demo")
-    root = _resolve(ref, "demo model folder", "model.path")
+    root = resolve_part(ref, "demo model folder", "model.path", allow_download=_allow(cfg))
     for part in ("tokenizer", "text_encoder", "unet", "scheduler"):
         if not (root / part).is_dir():
             raise ModelLoadError(
@@ -254,7 +245,7 @@ def _load_demo(cfg: dict, device: torch.device, dtype: torch.dtype) -> AuditMode
     if not tok_file.is_file():
         raise ModelLoadError(f"the demo tokenizer file {tok_file} is missing")
     tok_config = root / "tokenizer" / "tokenizer_config.json"
-    saved_length = _read_json(tok_config).get("model_max_length") if tok_config.is_file() else None
+    saved_length = read_json(tok_config).get("model_max_length") if tok_config.is_file() else None
     max_length = int(
         cfg.get("max_length") or saved_length or text_encoder.config.max_position_embeddings
     )
@@ -338,11 +329,11 @@ def load_bert_encoder(folder: str | Path, part: str = "text encoder") -> BertMod
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ModelLoadError(f"the {part} folder {folder} has no config.json")
-    raw = _read_json(config_file)
+    raw = read_json(config_file)
     known = set(BertConfig().to_dict())
     skip = {"architectures", "auto_map", "model_type", "transformers_version", "_name_or_path"}
     config = BertConfig(**{k: v for k, v in raw.items() if k in known and k not in skip})
-    state = read_safetensors_weights(folder, part, "model")
+    state = read_safetensors_weights(folder, part, TEXT_WEIGHTS)
     prefixed = {k[len("bert.") :]: v for k, v in state.items() if k.startswith("bert.")}
     if not prefixed:  # a bare BertModel checkpoint
         prefixed = {k: v for k, v in state.items() if k.split(".")[0] in _BERT_ROOTS}
@@ -384,32 +375,8 @@ def read_safetensors_weights(folder: Path, part: str, stem: str) -> dict[str, to
 
 
 def _weights_file(folder: Path, part: str, stem: str) -> list[Path]:
-    """The safetensors file(s) of a model folder, checked to be readable; clear errors else."""
-    single = folder / f"{stem}.safetensors"
-    index = folder / f"{stem}.safetensors.index.json"
-    if single.is_file():
-        files = [single]
-    elif index.is_file():
-        weight_map = _read_json(index).get("weight_map") or {}
-        files = [folder / name for name in sorted(set(weight_map.values()))]
-        absent = [f.name for f in files if not f.is_file()]
-        if not files or absent:
-            raise ModelLoadError(
-                f"the {part} shard index {index} lists missing shard(s): {absent or 'none'}"
-            )
-    else:
-        pickles = sorted(p.name for p in folder.glob("*") if p.suffix in _PICKLE_SUFFIXES)
-        if pickles:
-            raise ModelLoadError(
-                f"the {part} folder {folder} holds only {', '.join(pickles)}: only safetensors "
-                "weights are loaded (pickled .bin/.pt files are never unpickled). Convert them "
-                "to safetensors, or download a repository revision that has "
-                f"{stem}.safetensors"
-            )
-        raise ModelLoadError(
-            f"no {part} weights in {folder}: expected {single.name} (or a sharded "
-            f"{index.name}). {_download_hint()}"
-        )
+    """The safetensors file(s) of a model folder (:func:`find_weights`), checked readable."""
+    files = find_weights(folder, part, stem)
     for file in files:
         try:
             with safe_open(str(file), framework="pt") as handle:
@@ -424,7 +391,7 @@ def _weights_file(folder: Path, part: str, stem: str) -> list[Path]:
 def _load_diffusers_model(
     cls: type, folder: Path, part: str, dtype: torch.dtype = torch.float32
 ) -> Any:
-    _weights_file(folder, part, "diffusion_pytorch_model")
+    _weights_file(folder, part, UNET_WEIGHTS)
     return _from_pretrained(cls, folder, part, dtype)
 
 
@@ -456,49 +423,9 @@ def _load_bert_tokenizer(folder: Path, max_length: int) -> Any:
         raise ModelLoadError(f"cannot read the BERT tokenizer in {folder}: {err}") from err
 
 
-def _resolve(ref: str, part: str, key: str, subfolder: str = "") -> Path:
-    """A local folder for ``ref`` (a folder, or a hub id fetched/looked up in the cache)."""
-    ref = str(ref)
-    local = Path(ref).expanduser()
-    if local.is_dir():
-        folder = local / subfolder if subfolder else local
-        if not folder.is_dir():
-            raise ModelLoadError(
-                f"the {part} subfolder {subfolder!r} does not exist in {local} ({key})"
-            )
-        return folder
-    if ref.startswith((".", "/", "~")) or ref.count("/") != 1:
-        raise ModelLoadError(
-            f"the {part} folder {ref!r} ({key}) does not exist and is not a hub id "
-            "(owner/name). " + _download_hint(ref)
-        )
-    patterns = [f"{subfolder}/{p}" for p in _HUB_PATTERNS] if subfolder else _HUB_PATTERNS
-    if subfolder:
-        patterns = [*patterns, "*.json"]
-    try:
-        root = Path(snapshot_download(ref, allow_patterns=patterns, local_files_only=hub_offline()))
-    except Exception as err:  # noqa: BLE001
-        raise ModelLoadError(
-            f"could not get the {part} {ref!r} ({key}"
-            + (f", subfolder {subfolder!r}" if subfolder else "")
-            + f"): {type(err).__name__}: {err}. "
-            + _download_hint(ref)
-        ) from err
-    folder = root / subfolder if subfolder else root
-    if not folder.is_dir():
-        raise ModelLoadError(f"the hub repository {ref!r} has no subfolder {subfolder!r} ({key})")
-    return folder
-
-
-def _download_hint(ref: str | None = None) -> str:
-    state = "set" if hub_offline() else "not set"
-    repo = ref if ref and ref.count("/") == 1 and not ref.startswith((".", "/")) else "<owner/name>"
-    return (
-        f"HF_HUB_OFFLINE is {state} and is honoured (when set, only local folders and the "
-        "Hugging Face cache are used). Download the weights beforehand, e.g. "
-        f"`huggingface-cli download {repo} --local-dir <folder>` (for microsoft/radedit, first "
-        "accept its licence on the hub and log in), then point the config key at <folder>."
-    )
+def _allow(cfg: dict) -> bool:
+    """``model.allow_download``: may a hub id missing from the cache be downloaded?"""
+    return bool(cfg.get("allow_download"))
 
 
 def _require(cfg: dict, key: str, kind: str) -> str:
@@ -513,10 +440,3 @@ def _index_class(index: dict, part: str, index_file: Path) -> str:
     if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not entry[1]:
         raise ModelLoadError(f"{index_file} has no [library, class] entry for {part!r}")
     return str(entry[1])
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"cannot read the JSON file {path}: {err}") from err

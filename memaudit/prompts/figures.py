@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 from memaudit.plotting import MARKER_COLOR, ORDINARY_COLOR, save_figure, use_style
 

@@ -1,5 +1,9 @@
-"""Report sections: header names, MIMIC-CXR's section splitting and the section chosen as the
-prompt.
+"""Report sections under the default rules (``reports.rules: memaudit``): header names,
+MIMIC-CXR's section splitting and the section chosen as the prompt.
+
+They follow the official MIT-LCP section parser with a few deliberate changes, each noted where
+it lives and all listed in docs/method.md; :mod:`memaudit.prompts.official` reproduces the
+official choice exactly.
 """
 
 from __future__ import annotations

@@ -1,27 +1,25 @@
-"""Report sources: MIMIC-CXR folders and zips, report tables, the metadata filter, each yielding
-raw reports or counted skips.
+"""MIMIC-CXR report sources (a report folder or the report zip), each a counted stream of raw
+reports and skips, and the fingerprint of a report folder.
+
+This module imports no pandas: the workflow fingerprints a report folder while it builds the
+DAG, where every import costs start-up time.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import re
+import stat
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
 
 # Report path inside a tree or zip: pNN/pSUBJECT/sSTUDY.txt (possibly under files/ and a prefix).
 _REPORT_PATH = re.compile(r"(?:^|/)p(\d{2})/p(\d+)/s(\d+)\.txt$")
-_TABLE_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet")
-
-
-# --------------------------------------------------------------------------------------------
-# Readers
-# --------------------------------------------------------------------------------------------
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -44,7 +42,20 @@ class Skip:
     reason: str
 
 
-def _decode(data: bytes) -> str | Skip:
+@dataclass
+class ReportStream:
+    """The items of one source: ``n_seen`` is counted when the source is listed (files, zip
+    members, table rows) and ``items`` yields exactly one report or skip for each, so a
+    consumer can check that nothing was lost on the way."""
+
+    n_seen: int
+    items: Iterator[RawReport | Skip]
+
+    def __iter__(self) -> Iterator[RawReport | Skip]:
+        return self.items
+
+
+def decode_report(data: bytes) -> str | Skip:
     """UTF-8 text of a report, or the reason it is not usable (never decodes with replacement)."""
     if not data.strip():
         return Skip("", "empty")
@@ -68,10 +79,76 @@ def _mimic_ids(path: str, keep: frozenset[int] | None) -> tuple[str, str, int] |
     return f"s{match.group(3)}", match.group(2), study_id
 
 
-def _mimic_root(folder: Path) -> Path:
+# --------------------------------------------------------------------------------------------
+# Report folders
+# --------------------------------------------------------------------------------------------
+
+
+def mimic_root(folder: str | Path) -> Path:
     """The folder to walk: ``folder/files`` when it exists (the parent of ``files/`` was given)."""
+    folder = Path(folder)
     inner = folder / "files"
     return inner if inner.is_dir() else folder
+
+
+def _link_target(path: str) -> os.stat_result | str:
+    """What a symbolic link points to, or the skip reason of a link that leads nowhere."""
+    try:
+        return os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "link_loop"
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "dangling_link"
+        raise OSError(err.errno, f"cannot follow the link {path}: {err.strerror}") from err
+
+
+def list_report_folder(root: str | Path) -> list[tuple[str, str | None]]:
+    """``(relative path, skip reason or None)`` of every file below ``root``, sorted by path.
+
+    Symbolic links are followed, to files and to folders alike (a study or ``pNN`` folder may
+    be linked in from elsewhere). A link that leads back to a folder on its own path is a
+    ``link_loop`` entry and is not entered again; a link to nothing is a ``dangling_link``
+    entry. Hidden files and folders (names starting with ``.``: ``.DS_Store``, snakemake's
+    ``.snakemake_timestamp``) are not part of the MIMIC-CXR layout and are not listed.
+    """
+    return [(rel, reason) for rel, reason, _ in _walk(Path(root), with_stat=False)]
+
+
+def _walk(root: Path, *, with_stat: bool) -> list[tuple[str, str | None, os.stat_result | None]]:
+    """:func:`list_report_folder`, each entry with the stat of its file when ``with_stat``."""
+    top = os.stat(root)
+    entries: list[tuple[str, str | None, os.stat_result | None]] = []
+    # Each folder carries the (device, inode) of the folders on its path: the loop guard.
+    todo = [(str(root), "", frozenset({(top.st_dev, top.st_ino)}))]
+    while todo:
+        folder, prefix, ancestors = todo.pop()
+        with os.scandir(folder) as scan:
+            children = list(scan)
+        for entry in children:
+            if entry.name.startswith("."):
+                continue
+            rel = prefix + entry.name
+            if entry.is_symlink():
+                target = _link_target(entry.path)
+                if isinstance(target, str):
+                    entries.append((rel, target, None))
+                    continue
+                is_dir = stat.S_ISDIR(target.st_mode)
+            else:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                needed = is_dir or with_stat
+                target = entry.stat(follow_symlinks=False) if needed else None
+            if not is_dir:
+                entries.append((rel, None, target if with_stat else None))
+                continue
+            key = (target.st_dev, target.st_ino)
+            if key in ancestors:
+                entries.append((rel, "link_loop", None))
+                continue
+            todo.append((entry.path, rel + "/", ancestors | {key}))
+    entries.sort(key=lambda entry: entry[0])
+    return entries
 
 
 def iter_mimic_folder(
@@ -79,42 +156,66 @@ def iter_mimic_folder(
     *,
     max_report_bytes: int = 1_000_000,
     keep_study_ids: frozenset[int] | None = None,
-) -> Iterator[RawReport | Skip]:
+) -> ReportStream:
     """Reports of a MIMIC-CXR tree (``files/`` itself or its parent), in sorted path order.
 
-    Every regular file below the root is one item: a report, or a :class:`Skip`. Hidden files
-    and folders (names starting with ``.``: ``.DS_Store``, snakemake's
-    ``.snakemake_timestamp``) are not part of the MIMIC-CXR layout and are not read.
+    Every file of :func:`list_report_folder` is one item: a report, or a :class:`Skip`
+    (links that lead nowhere or in a circle included).
     """
     folder = Path(folder)
     if not folder.exists():
         raise FileNotFoundError(f"report folder not found: {folder}")
-    root = _mimic_root(folder)
-    relative_paths = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel_dir = os.path.relpath(dirpath, root)
-        for filename in filenames:
-            if filename.startswith("."):
+    root = mimic_root(folder)
+    entries = list_report_folder(root)
+
+    def items() -> Iterator[RawReport | Skip]:
+        for rel, reason in entries:
+            if reason is not None:
+                yield Skip(rel, reason)
                 continue
-            rel = filename if rel_dir == "." else f"{rel_dir}/{filename}"
-            relative_paths.append(rel.replace(os.sep, "/"))
-    relative_paths.sort()
-    for rel in relative_paths:
-        ids = _mimic_ids(rel, keep_study_ids)
-        if isinstance(ids, Skip):
-            yield ids
-            continue
-        with open(root / rel, "rb") as handle:
-            if os.fstat(handle.fileno()).st_size > max_report_bytes:
-                yield Skip(rel, "too_large")
+            ids = _mimic_ids(rel, keep_study_ids)
+            if isinstance(ids, Skip):
+                yield ids
                 continue
-            data = handle.read()
-        text = _decode(data)
-        if isinstance(text, Skip):
-            yield Skip(rel, text.reason)
-            continue
-        yield RawReport(ids[0], ids[1], ids[2], text)
+            with open(root / rel, "rb") as handle:
+                if os.fstat(handle.fileno()).st_size > max_report_bytes:
+                    yield Skip(rel, "too_large")
+                    continue
+                data = handle.read()
+            text = decode_report(data)
+            if isinstance(text, Skip):
+                yield Skip(rel, text.reason)
+                continue
+            yield RawReport(ids[0], ids[1], ids[2], text)
+
+    return ReportStream(len(entries), items())
+
+
+def folder_fingerprint(path: str | Path) -> str:
+    """A short hash of the relative names, sizes and modification times of the files of a
+    report folder (those :func:`iter_mimic_folder` reads), or ``""`` when ``path`` is not a
+    folder (snakemake tracks the modification time of a file input itself).
+
+    Snakemake sees only the top folder's own modification time, which does not change when a
+    report deep inside is added or edited; as a rule parameter, this hash does.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return ""
+    digest = hashlib.sha256()
+    entries = _walk(mimic_root(path), with_stat=True)
+    for rel, reason, info in entries:
+        if info is not None:
+            line = f"{rel}\t{info.st_size}\t{info.st_mtime_ns}\n"
+        else:
+            line = f"{rel}\t{reason}\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))
+    return f"{len(entries)} files {digest.hexdigest()[:16]}"
+
+
+# --------------------------------------------------------------------------------------------
+# The report zip
+# --------------------------------------------------------------------------------------------
 
 
 def iter_mimic_zip(
@@ -122,7 +223,7 @@ def iter_mimic_zip(
     *,
     max_report_bytes: int = 1_000_000,
     keep_study_ids: frozenset[int] | None = None,
-) -> Iterator[RawReport | Skip]:
+) -> ReportStream:
     """Reports of the MIMIC-CXR report zip, read without unpacking, in sorted member order.
 
     Every member that is not a directory is one item: a report, or a :class:`Skip`
@@ -136,173 +237,37 @@ def iter_mimic_zip(
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as err:
         raise ValueError(f"{zip_path} is not a valid zip file: {err}") from err
-    with archive:
-        members = sorted(
-            (info for info in archive.infolist() if not info.is_dir()),
-            key=lambda info: info.filename,
-        )
-        for info in members:
-            ids = _mimic_ids(info.filename, keep_study_ids)
-            if isinstance(ids, Skip):
-                yield ids
-                continue
-            if info.file_size > max_report_bytes:
-                yield Skip(info.filename, "too_large")
-                continue
-            try:
-                data = archive.read(info)
-            except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError):
-                yield Skip(info.filename, "unreadable")
-                continue
-            text = _decode(data)
-            if isinstance(text, Skip):
-                yield Skip(info.filename, text.reason)
-                continue
-            yield RawReport(ids[0], ids[1], ids[2], text)
+    members = sorted(
+        (info for info in archive.infolist() if not info.is_dir()),
+        key=lambda info: info.filename,
+    )
+
+    def items() -> Iterator[RawReport | Skip]:
+        with archive:
+            for info in members:
+                ids = _mimic_ids(info.filename, keep_study_ids)
+                if isinstance(ids, Skip):
+                    yield ids
+                    continue
+                if info.file_size > max_report_bytes:
+                    yield Skip(info.filename, "too_large")
+                    continue
+                try:
+                    data = archive.read(info)
+                except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError):
+                    yield Skip(info.filename, "unreadable")
+                    continue
+                text = decode_report(data)
+                if isinstance(text, Skip):
+                    yield Skip(info.filename, text.reason)
+                    continue
+                yield RawReport(ids[0], ids[1], ids[2], text)
+
+    return ReportStream(len(members), items())
 
 
-def _read_table(path: Path, columns: list[str]) -> pd.DataFrame:
-    """The named columns of a CSV / TSV / parquet table (errors name the file)."""
-    name = path.name.lower()
-    try:
-        if name.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            present = list(pq.read_schema(path).names)
-            frame = None
-        else:
-            sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
-            frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-            present = list(frame.columns)
-    except FileNotFoundError:
-        raise
-    except pd.errors.EmptyDataError as err:
-        raise ValueError(f"table {path} is empty") from err
-    except UnicodeDecodeError as err:
-        raise ValueError(f"table {path} is not UTF-8 text: {err}") from err
-    except (pd.errors.ParserError, OSError, ValueError) as err:
-        raise ValueError(f"table {path} cannot be read: {err}") from err
-    _check_columns(path, columns, present)
-    if frame is None:
-        try:
-            frame = pd.read_parquet(path, columns=columns)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"table {path} cannot be read: {err}") from err
-    return frame[columns]
-
-
-def _check_columns(path: Path, wanted: list[str], present: list[str]) -> None:
-    missing = [c for c in wanted if c not in present]
-    if missing:
-        raise ValueError(
-            f"table {path} has no column(s) {missing}; columns present: {list(present)}"
-        )
-
-
-def _cell(value: Any) -> str:
-    """A table cell as text: missing values (None, NaN) are empty."""
-    if isinstance(value, str):
-        return value
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
-    return str(value)
-
-
-_STUDY_ID = re.compile(r"s?(\d+)")
-
-
-def iter_table(
-    table_path: str | Path,
-    *,
-    text_column: str | Sequence[str],
-    id_column: str | None = None,
-    max_report_bytes: int = 1_000_000,
-    keep_study_ids: frozenset[int] | None = None,
-) -> Iterator[RawReport | Skip]:
-    """Rows of a CSV / TSV / parquet report table, in row order.
-
-    ``text_column`` is one column or a list tried in order (the first non-blank cell is the
-    text, and its column the section name). The report id is the ``id_column`` value, else
-    ``row<N>`` (N counted from 0); an id like ``50414267`` or ``s50414267`` is also the study id
-    used by the metadata filter.
-    """
-    table_path = Path(table_path)
-    if not table_path.exists():
-        raise FileNotFoundError(f"report table not found: {table_path}")
-    text_columns = [text_column] if isinstance(text_column, str) else list(text_column)
-    if not text_columns:
-        raise ValueError(f"no text column given for table {table_path}")
-    columns = list(dict.fromkeys(text_columns + ([id_column] if id_column else [])))
-    frame = _read_table(table_path, columns)
-    cells = [[_cell(v) for v in frame[c].tolist()] for c in text_columns]
-    ids = [_cell(v) for v in frame[id_column].tolist()] if id_column else None
-    for row in range(len(frame)):
-        report_id = ids[row] if ids is not None and ids[row] else f"row{row}"
-        study_match = _STUDY_ID.fullmatch(report_id) if ids is not None else None
-        study_id = int(study_match.group(1)) if study_match else None
-        if keep_study_ids is not None and study_id not in keep_study_ids:
-            yield Skip(report_id, "filtered_out")
-            continue
-        chosen = next(
-            (
-                (col, col_cells[row])
-                for col, col_cells in zip(text_columns, cells, strict=True)
-                if col_cells[row].strip()
-            ),
-            None,
-        )
-        if chosen is None:
-            yield Skip(report_id, "empty")
-            continue
-        if len(chosen[1].encode("utf-8")) > max_report_bytes:
-            yield Skip(report_id, "too_large")
-            continue
-        yield RawReport(report_id, None, study_id, chosen[1], section=chosen[0])
-
-
-# --------------------------------------------------------------------------------------------
-# Metadata filter
-# --------------------------------------------------------------------------------------------
-
-
-def load_metadata_filter(
-    metadata_path: str | Path,
-    *,
-    id_column: str = "study_id",
-    where: Mapping[str, Sequence[Any]] | None = None,
-) -> frozenset[int]:
-    """Study ids kept by a metadata CSV (e.g. ``mimic-cxr-2.0.0-split.csv``).
-
-    A study is kept when at least one of its rows has, for every ``where`` column, one of the
-    allowed values (compared as text: ``{"split": ["train"], "ViewPosition": ["PA", "AP"]}``).
-    """
-    metadata_path = Path(metadata_path)
-    if not metadata_path.exists():
-        raise FileNotFoundError(f"metadata table not found: {metadata_path}")
-    where = dict(where or {})
-    wanted = list(dict.fromkeys([id_column, *where]))
-    frame = _read_table(metadata_path, wanted)
-    keep = pd.Series(True, index=frame.index)
-    for column, allowed in where.items():
-        if isinstance(allowed, (str, int, float)):
-            allowed = [allowed]
-        keep &= frame[column].astype(str).isin([str(v) for v in allowed])
-    kept = frame.loc[keep, id_column].astype(str).str.strip()
-    bad = kept[~kept.str.fullmatch(r"s?\d+")]
-    if len(bad):
-        raise ValueError(
-            f"metadata table {metadata_path}: column {id_column!r} holds non-integer study ids, "
-            f"e.g. {bad.iloc[0]!r}"
-        )
-    return frozenset(int(v.lstrip("s")) for v in kept)
-
-
-# --------------------------------------------------------------------------------------------
-# The stage
-# --------------------------------------------------------------------------------------------
-
-
-def _source_kind(source: Path, kind: str) -> str:
+def source_kind(source: Path, kind: str) -> str:
+    """``mimic`` or ``table``: ``kind`` itself, or for ``auto`` what ``source`` looks like."""
     if kind not in ("auto", "mimic", "table"):
         raise ValueError(f"kind must be 'auto', 'mimic' or 'table', not {kind!r}")
     if not source.exists():
@@ -311,9 +276,9 @@ def _source_kind(source: Path, kind: str) -> str:
         return kind
     if source.is_dir() or source.name.lower().endswith(".zip"):
         return "mimic"
-    if source.name.lower().endswith(_TABLE_SUFFIXES):
+    if source.name.lower().endswith(TABLE_SUFFIXES):
         return "table"
     raise ValueError(
         f"cannot tell the kind of report source {source}: expected a folder, a .zip, or a table "
-        f"({', '.join(_TABLE_SUFFIXES)}); set kind explicitly"
+        f"({', '.join(TABLE_SUFFIXES)}); set kind explicitly"
     )

@@ -15,15 +15,16 @@ Engine choices:
 - every UNet call carries prompts × generations × {conditional, unconditional} rows; at the
   first step all prompts of a batch share x_T^j and e_∅, so the unconditional prediction is
   computed once per generation instead of once per prompt;
-- the trajectory stops as soon as the last step of the window is scored (a first-step score
-  costs one UNet call per batch); images are never decoded;
+- the trajectory is the shared sampler :func:`memaudit.diffusion.guided_ddim` (the one that
+  mitigation and the demo model's check generate with); it stops as soon as the last step of
+  the window is scored (a first-step score costs one UNet call per batch); images are never
+  decoded;
 - the per-step norms (generations × computed steps) are kept, so other windows need no re-run
   (:func:`d_mem_from_norms`).
 """
 
 from __future__ import annotations
 
-import math
 import resource
 import sys
 import time
@@ -37,8 +38,8 @@ import torch
 from tqdm import tqdm
 
 from memaudit.atomic import atomic_parquet
-from memaudit.batching import auto_batch, run_halving_batches
-from memaudit.diffusion import fresh_scheduler, initial_noise, unet_eps
+from memaudit.batching import auto_batch_size, run_halving_batches
+from memaudit.diffusion import GuidedStep, guided_ddim, initial_noise
 from memaudit.model.loading import AuditModel
 from memaudit.scoring.gather import select_chunk
 from memaudit.scoring.spec import ScoringSpec
@@ -65,55 +66,52 @@ def score_embeddings(
     :func:`score_prompts`, for callers that change the embedding rather than the text.
     """
     counters = counters if counters is not None else {"unet_calls": 0, "unet_rows": 0}
-    cond = cond.to(device=model.device, dtype=model.dtype)
     n_prompts, n_gen = cond.shape[0], spec.generations
     rows = n_prompts * n_gen
-    cond_rows = cond.repeat_interleave(n_gen, dim=0)  # row i*n_gen + j = prompt i, gen j
-    scheduler = fresh_scheduler(model, spec.steps, model.device)
-    latents = noise.repeat(n_prompts, 1, 1, 1) * scheduler.init_noise_sigma
-    norms = torch.empty(rows, spec.computed_steps, dtype=torch.float32, device=latents.device)
-    for k in range(spec.computed_steps):
-        t = scheduler.timesteps[k]
-        model_input = scheduler.scale_model_input(latents, t)
-        if k == 0:
-            # All prompts share x_T^j and e_∅: one unconditional row per generation.
-            shared = model_input[:n_gen]
-            sample = torch.cat([model_input, shared])
-            embeddings = torch.cat([cond_rows, uncond.expand(n_gen, -1, -1)])
-            eps = unet_eps(model, sample, t, embeddings)
-            eps_cond = eps[:rows]
-            eps_uncond = eps[rows:].repeat(n_prompts, 1, 1, 1)
-        else:
-            sample = torch.cat([model_input, model_input])
-            embeddings = torch.cat([cond_rows, uncond.expand(rows, -1, -1)])
-            eps = unet_eps(model, sample, t, embeddings)
-            eps_cond, eps_uncond = eps[:rows], eps[rows:]
+    norms = torch.empty(rows, spec.computed_steps, dtype=torch.float32, device=model.device)
+
+    def record(step: GuidedStep) -> None:
         counters["unet_calls"] += 1
-        counters["unet_rows"] += sample.shape[0]
-        diff = eps_cond - eps_uncond
-        norms[:, k] = diff.flatten(1).norm(dim=1)
-        if k + 1 < spec.computed_steps:
-            guided = eps_uncond + spec.guidance * diff
-            latents = scheduler.step(guided, t, latents, eta=0.0, return_dict=False)[0]
+        counters["unet_rows"] += step.unet_rows
+        norms[:, step.index] = (step.eps_cond - step.eps_uncond).flatten(1).norm(dim=1)
+
+    guided_ddim(
+        model,
+        cond.repeat_interleave(n_gen, dim=0),  # row i*n_gen + j = prompt i, generation j
+        noise.repeat(n_prompts, 1, 1, 1),
+        uncond,
+        spec.steps,
+        spec.guidance,
+        stop=spec.computed_steps,
+        noise_period=n_gen,  # all prompts share x_T^j: one unconditional row per generation
+        on_step=record,
+    )
     return norms.reshape(n_prompts, n_gen, spec.computed_steps).cpu().numpy()
-
-
-def _auto_prompt_batch(model: AuditModel, spec: ScoringSpec, noise: torch.Tensor) -> int:
-    """Prompts per scoring batch; the GPU probe is one later-step call for one prompt."""
-
-    def probe() -> None:
-        sample = torch.cat([noise, noise])
-        embeddings = model.encode([""]).expand(sample.shape[0], -1, -1)
-        unet_eps(model, sample, torch.tensor(999, device=model.device), embeddings)
-
-    elements = 2 * spec.generations * math.prod(model.latent_shape)
-    return auto_batch(model, elements, _MAX_AUTO_PROMPTS, probe, _GPU_MEMORY_SHARE)
 
 
 def _peak_rss_mb() -> float:
     """Peak resident memory of this process in MiB (Linux reports ru_maxrss in KiB)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20
+
+
+def _check_prompts(prompt_ids: list[str], texts: list[str]) -> None:
+    if len(prompt_ids) != len(texts):
+        raise ValueError(f"{len(prompt_ids)} prompt ids but {len(texts)} texts")
+    seen: set[str] = set()
+    duplicates = sorted({p for p in prompt_ids if p in seen or seen.add(p)})
+    if duplicates:
+        raise ValueError(f"{len(duplicates)} duplicate prompt_id(s), e.g. {duplicates[0]!r}")
+
+
+def _initial_batch(model: AuditModel, spec: ScoringSpec, n_prompts: int) -> int:
+    """Prompts per batch: the configured number, or sized by :func:`auto_batch_size` (a prompt
+    brings generations x 2 UNet rows per call), never more than there are prompts."""
+    if spec.batch_size == "auto":
+        batch = auto_batch_size(model, 2 * spec.generations, _MAX_AUTO_PROMPTS, _GPU_MEMORY_SHARE)
+    else:
+        batch = int(spec.batch_size)
+    return max(1, min(batch, n_prompts)) if n_prompts else batch
 
 
 def score_prompts(
@@ -134,28 +132,62 @@ def score_prompts(
     (and the halved size is kept); the statistics say how often that happened, the final
     batch size and the peak memory (CPU RSS, GPU max allocated).
     """
+    # 1. Check inputs, prepare x_T, e_∅ and the batch size
     prompt_ids, texts = list(prompt_ids), list(texts)
-    if len(prompt_ids) != len(texts):
-        raise ValueError(f"{len(prompt_ids)} prompt ids but {len(texts)} texts")
-    seen: set[str] = set()
-    duplicates = sorted({p for p in prompt_ids if p in seen or seen.add(p)})
-    if duplicates:
-        raise ValueError(f"{len(duplicates)} duplicate prompt_id(s), e.g. {duplicates[0]!r}")
+    _check_prompts(prompt_ids, texts)
     device = model.device if isinstance(model.device, torch.device) else torch.device(model.device)
-    on_gpu = device.type == "cuda"
-    if on_gpu:
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start_time = time.perf_counter()
     noise = initial_noise(model.latent_shape, spec.generations, spec.seed, device)
     with torch.no_grad():
         uncond = model.encode([""])
-        if spec.batch_size != "auto":
-            batch = int(spec.batch_size)
-        else:
-            batch = _auto_prompt_batch(model, spec, noise)
-    batch = max(1, min(batch, len(texts))) if texts else batch
-    initial_batch = batch
+        initial_batch = _initial_batch(model, spec, len(texts))
+    # 2. Score the prompts batch by batch
     counters = {"unet_calls": 0, "unet_rows": 0}
+    all_norms, batch, halvings = _score_batches(
+        model, texts, spec, noise, uncond, initial_batch, counters, progress
+    )
+    seconds = time.perf_counter() - start_time
+    # 3. Assemble the table and the statistics
+    table = _scores_table(prompt_ids, all_norms, spec)
+    stats: dict[str, Any] = {
+        "n_prompts": len(texts),
+        "n_generations": spec.generations,
+        "n_steps": spec.computed_steps,
+        "scheduler_steps": spec.steps,
+        "window": list(spec.window_bounds()),
+        "guidance": float(spec.guidance),
+        "seed": spec.seed,
+        "device": str(device),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "batch_size_initial": initial_batch,
+        "batch_size_final": batch,
+        "oom_halvings": halvings,
+        "unet_calls": counters["unet_calls"],
+        "unet_rows": counters["unet_rows"],
+        "seconds": seconds,
+        "prompts_per_s": len(texts) / seconds if seconds > 0 else float("nan"),
+        "peak_cpu_rss_mb": _peak_rss_mb(),
+        "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else None,
+    }
+    return table, stats
+
+
+def _score_batches(
+    model: AuditModel,
+    texts: list[str],
+    spec: ScoringSpec,
+    noise: torch.Tensor,
+    uncond: torch.Tensor,
+    batch: int,
+    counters: dict[str, int],
+    progress: TextIO | None,
+) -> tuple[np.ndarray, int, int]:
+    """Norms [prompts, gens, steps] of every text, ``batch`` prompts per batch, halved on
+    out-of-memory errors; returns (norms, final batch size, halvings)."""
     bar = tqdm(
         total=len(texts), unit="prompt", desc="d_mem", file=progress, disable=progress is None
     )
@@ -176,21 +208,27 @@ def score_prompts(
             bar,
         )
     bar.close()
-    seconds = time.perf_counter() - start_time
+    if not results:
+        return (
+            np.zeros((0, spec.generations, spec.computed_steps), dtype=np.float32),
+            batch,
+            halvings,
+        )
+    return np.concatenate(results), batch, halvings
+
+
+def _scores_table(prompt_ids: list[str], all_norms: np.ndarray, spec: ScoringSpec) -> pd.DataFrame:
+    """The scores table of :func:`score_prompts` from the norms [prompts, gens, steps]."""
     start, stop = spec.window_bounds()
-    all_norms = (
-        np.concatenate(results)
-        if results
-        else np.zeros((0, spec.generations, spec.computed_steps), dtype=np.float32)
-    )
     d_mem = all_norms[..., start:stop].astype(np.float64).mean(axis=(-2, -1))
+    n = len(prompt_ids)
     table = pd.DataFrame(
         {
             "prompt_id": pd.Series(prompt_ids, dtype=object),
             "d_mem": d_mem.astype(np.float64),
             "norms": [row.reshape(-1).astype(np.float32) for row in all_norms],
-            "n_generations": np.full(len(texts), spec.generations, dtype=np.int64),
-            "n_steps": np.full(len(texts), spec.computed_steps, dtype=np.int64),
+            "n_generations": np.full(n, spec.generations, dtype=np.int64),
+            "n_steps": np.full(n, spec.computed_steps, dtype=np.int64),
         }
     )
     table.attrs.update(
@@ -203,27 +241,7 @@ def score_prompts(
             "scheduler_steps": spec.steps,
         }
     )
-    stats: dict[str, Any] = {
-        "n_prompts": len(texts),
-        "n_generations": spec.generations,
-        "n_steps": spec.computed_steps,
-        "scheduler_steps": spec.steps,
-        "window": [start, stop],
-        "guidance": float(spec.guidance),
-        "seed": spec.seed,
-        "device": str(device),
-        "dtype": str(model.dtype).replace("torch.", ""),
-        "batch_size_initial": initial_batch,
-        "batch_size_final": batch,
-        "oom_halvings": halvings,
-        "unet_calls": counters["unet_calls"],
-        "unet_rows": counters["unet_rows"],
-        "seconds": seconds,
-        "prompts_per_s": len(texts) / seconds if seconds > 0 else float("nan"),
-        "peak_cpu_rss_mb": _peak_rss_mb(),
-        "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if on_gpu else None,
-    }
-    return table, stats
+    return table
 
 
 def score_chunk(

@@ -1,8 +1,8 @@
-"""Score tables: d_mem windows from stored per-step norms, chunking, atomic writes, gathering.
+"""Score tables: d_mem windows from stored per-step norms, chunking, gathering.
 
 Everything here is numpy/pandas only (no torch, no model stack), so the CPU rules that read or
 gather scores (gather_scores, threshold_scores, evaluate_detection) run in the light
-``envs/core.yaml``; the engine that computes the norms is :mod:`memaudit.scoring`.
+``envs/core.yaml``; the engine that computes the norms is :mod:`memaudit.scoring.engine`.
 """
 
 from __future__ import annotations

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-# Keys of the config ``scoring`` block that belong to the workflow, not to the score itself.
-WORKFLOW_KEYS = frozenset({"chunks"})
+from memaudit.config import schema_defaults, spec_from_dict
+
+_DEFAULTS = schema_defaults("scoring")
 
 
 @dataclass(frozen=True)
@@ -21,12 +21,16 @@ class ScoringSpec:
     (each prompt brings ``generations`` × 2 rows) or is ``"auto"``.
     """
 
-    steps: int = 50
-    guidance: float = 7.5
-    generations: int = 4
-    window: tuple[int, int | None] = (0, None)
-    batch_size: int | str = "auto"
-    seed: int = 0
+    # Keys of the config ``scoring`` block that belong to the workflow, not to the scores: the
+    # chunk count only splits the prompts (x_T depends on (seed, generation) alone).
+    WORKFLOW_KEYS: ClassVar[frozenset[str]] = frozenset({"chunks"})
+
+    steps: int = _DEFAULTS["steps"]
+    guidance: float = _DEFAULTS["guidance"]
+    generations: int = _DEFAULTS["generations"]
+    window: tuple[int, int | None] = _DEFAULTS["window"]
+    batch_size: int | str = _DEFAULTS["batch_size"]
+    seed: int = _DEFAULTS["seed"]
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -44,34 +48,23 @@ class ScoringSpec:
             raise ValueError(
                 f"scoring.batch_size must be 'auto' or a positive integer, got {batch!r}"
             )
-        window = tuple(self.window)
-        if len(window) != 2:
+        if not isinstance(self.window, (list, tuple)) or len(self.window) != 2:
             raise ValueError(f"scoring.window must be [start, stop], got {self.window!r}")
-        object.__setattr__(self, "window", window)
+        object.__setattr__(self, "window", tuple(self.window))
         start, stop = self.window_bounds()
         if not 0 <= start < stop <= self.steps:
             raise ValueError(
-                f"scoring.window {list(self.window)} must satisfy 0 <= start < stop <= steps "
-                f"({self.steps})"
+                f"scoring.window {list(self.window)} must satisfy 0 <= start < stop <= "
+                f"scoring.steps ({self.steps})"
             )
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> ScoringSpec:
+    def from_dict(cls, values: Mapping[str, Any] | None) -> ScoringSpec:
         """Build from a config ``scoring`` block; unknown keys are an error naming them.
 
-        The workflow-level key ``chunks`` is accepted and ignored.
+        The workflow-level keys (:attr:`WORKFLOW_KEYS`) are accepted and ignored.
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known - WORKFLOW_KEYS)
-        if unknown:
-            raise ValueError(f"unknown scoring key(s) {unknown}; expected some of {sorted(known)}")
-        kwargs = {k: v for k, v in values.items() if k in known}
-        if "window" in kwargs:
-            window = kwargs["window"]
-            if not isinstance(window, (list, tuple)):
-                raise ValueError(f"scoring.window must be [start, stop], got {window!r}")
-            kwargs["window"] = tuple(window)
-        return cls(**kwargs)
+        return spec_from_dict(cls, values, "scoring", ignored=cls.WORKFLOW_KEYS)
 
     def window_bounds(self) -> tuple[int, int]:
         """The window as concrete (start, stop) step indices."""

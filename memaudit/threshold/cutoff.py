@@ -1,4 +1,4 @@
-"""TODO threshold"""
+"""The memorized set: a d_mem threshold (percentile, z-score or fixed value) and the flag."""
 
 from __future__ import annotations
 

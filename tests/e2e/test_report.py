@@ -79,3 +79,35 @@ def test_share_bundle_has_no_report_text(quick_run: QuickRun):
         assert not find_text_leaks(strings, texts, min_words=3), path
     summary = json.loads((share / "summary.json").read_text())
     assert summary["prompts"]["reports_read"] > 0
+
+
+def _first_screen(html: str) -> str:
+    """The report's landing page: the workflow description, stored as a JSON string."""
+    marker = "var workflow_desc = "
+    start = html.index(marker) + len(marker)
+    return json.JSONDecoder().raw_decode(html, start)[0]
+
+
+def test_report_opens_with_the_audit_summary(quick_run: QuickRun, report: str):
+    run = quick_run.workdir
+    summary = json.loads((run / "results/report/summary.json").read_text())
+    stats = json.loads((run / "results/threshold/threshold.json").read_text())
+    detection = json.loads((run / "results/evaluation/detection.json").read_text())
+    assert summary["prompts"]["scored"] == stats["n_prompts"]
+    assert summary["prompts"]["flagged"] == stats["n_memorized"]
+    assert summary["enrichment"]["odds_ratio"] == stats["odds_ratio"]
+    configured = summary["detection"]["windows"]["configured"]
+    assert configured["auc"] == detection["windows"]["configured"]["auc"]
+    assert summary["mitigation"]["strategies"], summary["mitigation"]
+    first = _first_screen(report)
+    assert "Audit summary" in first
+    assert f"{stats['n_prompts']:,} unique prompts" in first
+    assert f"{configured['auc']:.4f}" in first
+
+
+def test_audit_summary_holds_no_report_text(quick_run: QuickRun):
+    run = quick_run.workdir
+    texts = pd.read_parquet(run / "results/prompts/prompts.parquet")["text"]
+    for name in ("summary.md", "summary.json"):
+        lines = (run / "results/report" / name).read_text().splitlines()
+        assert not find_text_leaks(lines, texts, min_words=3), name

@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from memaudit.corpus.findings import FINDING_NAMES
 from memaudit.corpus.grammar import TITLE_LINE
 from memaudit.corpus.phantoms import render_phantoms
 from memaudit.corpus.spec import CorpusSpec
-from memaudit.corpus.vocabulary import FINDING_NAMES
+from memaudit.corpus.vocabulary import grammar_words
 from memaudit.corpus.writer import generate_corpus, report_path
 from memaudit.prompts.sections import choose_section, split_sections
 from memaudit.text import normalize_whitespace, prompt_id
@@ -254,6 +255,23 @@ def test_markers_and_triggers(corpus):
         if pid < 0
     ]
     assert sum("___" in p for p in ordinary) >= 0.05 * len(ordinary)
+
+
+def test_trigger_names_avoid_every_word_the_reports_contain(corpus):
+    """Trigger names are drawn until they miss ``grammar_words()``, so that list must hold
+    every word a report can contain (numbers, times and markers aside): otherwise a trigger
+    could coincide with ordinary text and stop being unique to its caption."""
+    vocabulary = grammar_words()
+    triggers = {t.lower() for t in corpus["truth"].trigger_word.dropna()}
+    assert triggers and not triggers & vocabulary
+    written = set()
+    for text in corpus["reports"]:
+        for token in text.split():
+            word = token.strip(".,:;()/?!").lower()
+            if not re.search(r"[\d_]", word) and word not in triggers:
+                written.add(word)
+    assert len(written) > 100
+    assert written - vocabulary == set()
 
 
 def test_impressions_are_heavy_tailed_and_repeats_have_different_images(corpus):

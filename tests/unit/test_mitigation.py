@@ -16,29 +16,25 @@ import torch
 
 from memaudit.copy_detection.reference import CopyReference, build_reference
 from memaudit.diffusion import initial_noise
+from memaudit.mitigation.chunks import gather_chunks, write_chunk
 from memaudit.mitigation.evaluation import (
     evaluate_generations,
     mean_pairwise_rms,
-    summarize,
+    summarize_strategies,
     summary_document,
 )
 from memaudit.mitigation.figures import plot_mitigation_diversity, plot_mitigation_grid
 from memaudit.mitigation.generation import (
-    gather_chunks,
     generate_chunk,
     generate_grid,
     generate_mitigations,
     plan_rows,
-    write_chunk,
 )
-from memaudit.mitigation.selection import SELECTION_COLUMNS as MITIGATION_SELECTION_COLUMNS
-from memaudit.mitigation.selection import select_prompts
 from memaudit.mitigation.spec import MitigationSpec
 from memaudit.mitigation.strategies import (
     corpus_vocabulary,
     first_step_loss,
     gaussian_noise_embedding,
-    marker_pattern,
     mitigate_text,
     optimize_embeddings,
     tidy_text,
@@ -48,7 +44,7 @@ from memaudit.model.loading import AuditModel
 from memaudit.model.training import build_demo_model
 from memaudit.scoring.engine import score_prompts
 from memaudit.scoring.spec import ScoringSpec
-from memaudit.text import prompt_id
+from memaudit.text import marker_pattern, prompt_id
 from tests.tiny_components import OutOfMemoryUnet, tiny_train_spec
 
 MARKERS = ["___"]
@@ -74,6 +70,29 @@ SPEC = MitigationSpec(
     embopt_generations=2,
 )
 SCORING = ScoringSpec(steps=3, guidance=7.5, generations=2, window=(0, None), seed=1)
+
+# The promise: the same config on the same machine gives identical results; another batch size
+# or chunking gives results equal to float rounding, since CPU kernels may sum in another order
+# for another batch shape. The model runs in float32 (ulp 1.2e-7 relative); its reductions over
+# a few hundred terms stay within ~1e-6 of the largest value, so 1e-5 of the largest value
+# compared leaves a tenfold margin and still catches any real change. Images are uint8: a pixel
+# whose float value lies within rounding of a level boundary may land one grey level apart.
+FLOAT32_RTOL = 1e-5
+GREY_LEVELS = 1
+
+
+def assert_float32_close(actual, expected) -> None:
+    """Equal to float32 rounding, relative to the largest magnitude compared."""
+    expected = np.asarray(expected, dtype=np.float64)
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    np.testing.assert_allclose(actual, expected, rtol=FLOAT32_RTOL, atol=FLOAT32_RTOL * scale)
+
+
+def assert_images_close(actual: np.ndarray, expected: np.ndarray) -> None:
+    """uint8 images computed in other batch shapes: at most GREY_LEVELS apart."""
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype == np.uint8
+    diff = np.abs(actual.astype(np.int16) - expected.astype(np.int16))
+    assert diff.max() <= GREY_LEVELS, f"{int((diff > GREY_LEVELS).sum())} pixels differ more"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -257,59 +276,6 @@ def test_spec_rejects_bad_values_naming_the_key() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Prompt selection
-# --------------------------------------------------------------------------------------------
-
-
-def _memorized_table(texts: list[str]) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "prompt_id": [prompt_id(t) for t in texts],
-            "text": texts,
-            "d_mem": np.linspace(2.0, 1.0, len(texts)),
-            "rank": np.arange(1, len(texts) + 1),
-        }
-    )
-
-
-def test_select_prompts_modes_planted_and_reasons() -> None:
-    memorized = _memorized_table(CAPTIONS[:5])
-    truth = pd.DataFrame({"prompt_id": [prompt_id(t) for t in CAPTIONS[3:]], "text": CAPTIONS[3:]})
-    marker = select_prompts(memorized, MARKERS, truth=truth)
-    assert set(marker["text"]) == set(CAPTIONS[:4])
-    reasons = dict(zip(marker["text"], marker["reason"], strict=True))
-    assert reasons[CAPTIONS[3]] == "memorized+planted" and reasons[CAPTIONS[0]] == "memorized"
-    assert marker["prompt_id"].is_monotonic_increasing
-    everything = select_prompts(memorized, MARKERS, mode="memorized", truth=truth)
-    assert set(everything["text"]) == set(CAPTIONS)
-    assert (
-        dict(zip(everything["text"], everything["reason"], strict=True))[CAPTIONS[5]] == "planted"
-    )
-    assert math.isnan(everything.set_index("text").at[CAPTIONS[5], "d_mem"])
-    no_planted = select_prompts(
-        memorized, MARKERS, mode="memorized", truth=truth, include_planted=False
-    )
-    assert set(no_planted["text"]) == set(CAPTIONS[:5])
-
-
-def test_select_prompts_sample_is_seeded_and_independent_of_row_order() -> None:
-    texts = [f"Finding {i} unchanged since ___." for i in range(40)]
-    memorized = _memorized_table(texts)
-    a = select_prompts(memorized, MARKERS, sample_size=10, seed=3)
-    b = select_prompts(memorized.sample(frac=1.0, random_state=1), MARKERS, sample_size=10, seed=3)
-    c = select_prompts(memorized, MARKERS, sample_size=10, seed=4)
-    assert len(a) == 10 and a["prompt_id"].tolist() == b["prompt_id"].tolist()
-    assert set(a["prompt_id"]) != set(c["prompt_id"])
-    with pytest.raises(ValueError, match="mitigation.prompts"):
-        select_prompts(memorized, MARKERS, mode="all")
-
-
-def test_select_prompts_empty_input_gives_empty_table() -> None:
-    empty = select_prompts(_memorized_table([]), MARKERS)
-    assert len(empty) == 0 and list(empty.columns) == list(MITIGATION_SELECTION_COLUMNS)
-
-
-# --------------------------------------------------------------------------------------------
 # Embedding strategies
 # --------------------------------------------------------------------------------------------
 
@@ -320,7 +286,7 @@ def test_gni_adds_noise_of_the_configured_scale() -> None:
         noisy = gaussian_noise_embedding(embedding, scale, seed=0, prompt_id="p1")
         assert float((noisy - embedding).std()) == pytest.approx(scale, rel=0.03)
     a = gaussian_noise_embedding(embedding, 0.1, seed=0, prompt_id="p1")
-    torch.testing.assert_close(a, gaussian_noise_embedding(embedding, 0.1, seed=0, prompt_id="p1"))
+    assert torch.equal(a, gaussian_noise_embedding(embedding, 0.1, seed=0, prompt_id="p1"))
     assert not torch.equal(a, gaussian_noise_embedding(embedding, 0.1, seed=0, prompt_id="p2"))
     torch.testing.assert_close(gaussian_noise_embedding(embedding, 0.0, 0, "p1"), embedding)
 
@@ -354,11 +320,15 @@ def test_embopt_target_loss_stops_each_prompt_and_batching_changes_nothing(
     assert int(stopped.sum()) == 1
     assert (info["iterations"].to_numpy()[stopped.numpy()] == 0).all()
     assert (info["iterations"].to_numpy()[~stopped.numpy()] > 0).all()
-    torch.testing.assert_close(together[stopped], cond[stopped])
+    # A stopped prompt's embedding is restored after every update, not recomputed: exact.
+    assert torch.equal(together[stopped], cond[stopped])
     for i in range(3):
         alone, alone_info = optimize_embeddings(
             model, cond[i : i + 1], noise, uncond, 3, iterations=3, target_loss=target
         )
+        # Alone, the UNet runs in another batch shape: its float32 gradients agree to ~1e-6
+        # relative, and AdamW's normalised steps of size lr (0.05) carry that error, so the
+        # embeddings agree to ~lr * 1e-6, far inside these bounds.
         torch.testing.assert_close(alone[0], together[i], rtol=1e-4, atol=1e-5)
         assert alone_info["iterations"].iloc[0] == info["iterations"].iloc[i]
 
@@ -377,10 +347,17 @@ def test_seed_index_gives_the_same_start_for_every_prompt_and_strategy(
     images, _ = generate_grid(
         model, cond, noise, model.encode([""]), steps=3, guidance=0.0, batch_size=4
     )
+    # Rows of one seed fall into different batches of 4 images, hence the rounding tolerance.
     for s in range(3):
-        assert all(np.array_equal(images[0, s], images[r, s]) for r in range(1, 3))
-    assert not np.array_equal(images[0, 0], images[0, 1])
-    torch.testing.assert_close(initial_noise(model.latent_shape, 5, seed=5)[:3], noise)
+        for r in range(1, 3):
+            assert_images_close(images[r, s], images[0, s])
+    assert np.abs(images[0, 0].astype(int) - images[0, 1].astype(int)).max() > 10 * GREY_LEVELS
+    assert torch.equal(initial_noise(model.latent_shape, 5, seed=5)[:3], noise)
+    # The same batches again on the same machine: bit for bit.
+    again, _ = generate_grid(
+        model, cond, noise, model.encode([""]), steps=3, guidance=0.0, batch_size=4
+    )
+    np.testing.assert_array_equal(again, images)
 
 
 def test_generation_out_of_memory_halves_the_batch_and_keeps_the_images(
@@ -395,7 +372,10 @@ def test_generation_out_of_memory_halves_the_batch_and_keeps_the_images(
     images, stats = generate_grid(fake, cond, noise, uncond, steps=2, guidance=3.0, batch_size=6)
     assert stats["batch_size_final"] == 1 and stats["oom_halvings"] == 2  # 6 -> 3 -> 1
     assert fake.unet.raised == 2
-    np.testing.assert_array_equal(images, reference)
+    # Batches of 3 and 1 here, of 6 in the reference: float32 kernels round differently per
+    # batch shape (~1e-6 of a pixel value), which can tip a pixel across a uint8 rounding
+    # boundary, so images agree within one level (of 255), not bit for bit.
+    assert np.abs(images.astype(np.int16) - reference.astype(np.int16)).max() <= 1
     fake.unet = OutOfMemoryUnet(model.unet, max_rows=1)
     with pytest.raises(RuntimeError, match="single image"):
         generate_grid(fake, cond, noise, uncond, steps=2, guidance=3.0, batch_size=2)
@@ -426,8 +406,9 @@ def test_generation_index_and_images(generated, prompts: pd.DataFrame) -> None:
 def test_original_d_mem_is_the_scoring_engines(generated, model: AuditModel, prompts) -> None:
     index = generated[0]
     original = index[index["strategy"] == "original"].set_index("prompt_id")
+    # The scoring engine batches its UNet calls differently: equal to float32 rounding.
     table, _ = score_prompts(model, prompts["prompt_id"], prompts["text"], SCORING)
-    np.testing.assert_allclose(original.loc[table["prompt_id"], "d_mem"], table["d_mem"], rtol=1e-5)
+    assert_float32_close(original.loc[table["prompt_id"], "d_mem"], table["d_mem"])
 
 
 def test_chunks_and_batch_size_change_no_result(generated, model: AuditModel, prompts) -> None:
@@ -442,12 +423,10 @@ def test_chunks_and_batch_size_change_no_result(generated, model: AuditModel, pr
         ref = index.set_index(["prompt_id", "strategy"]).loc[
             list(zip(done["prompt_id"], done["strategy"], strict=True))
         ]
+        # Text edits draw from hashed seeds, never from float results: exactly equal.
         assert (ref["mitigated_text"].to_numpy() == done["mitigated_text"].to_numpy()).all()
-        np.testing.assert_allclose(done["d_mem"], ref["d_mem"], rtol=1e-5)
-        diff = np.abs(
-            part_images[done["row"]].astype(int) - images[ref["row"].to_numpy()].astype(int)
-        )
-        assert diff.max() <= 1  # at most one grey level from float rounding in another batch
+        assert_float32_close(done["d_mem"], ref["d_mem"])
+        assert_images_close(part_images[done["row"]], images[ref["row"].to_numpy()])
 
 
 def test_chunk_files_are_paired_and_gather_checks(
@@ -543,7 +522,7 @@ def test_evaluate_summarize_and_plot(generated, prompts: pd.DataFrame, tmp_path:
     assert copied["planted_nearest_rate"] >= copied["planted_copy_rate"]
     not_planted = done[~done["planted"]]
     assert not_planted["planted_nearest_rate"].isna().all()
-    summary = summarize(
+    summary = summarize_strategies(
         evaluation, SPEC.strategies, n_bootstrap=200, seed=0, memorization_threshold=0.1
     )
     overall = summary[summary["group"] == "all"].set_index("strategy")
@@ -581,7 +560,7 @@ def test_empty_prompt_table_gives_empty_outputs_and_says_so(
     write_chunk(index, images, tmp_path / "e.npz", tmp_path / "e.parquet")
     table = gather_chunks([tmp_path / "e.parquet"], [tmp_path / "e.npz"], expected_ids=[])
     evaluation = evaluate_generations(table)
-    summary = summarize(evaluation, SPEC.strategies)
+    summary = summarize_strategies(evaluation, SPEC.strategies)
     assert (summary["n_prompts"] == 0).all()
     doc = summary_document(
         summary, evaluation, empty.assign(reason=[]), [stats], None, None, None, 10

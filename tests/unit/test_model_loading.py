@@ -1,4 +1,4 @@
-"""Loaders of memaudit.models: each kind from tiny random parts in its real on-disk layout."""
+"""memaudit.model.loading: each model kind loads from tiny random parts in its on-disk layout."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Demo model training (memaudit.training): determinism, layout round-trip, learning."""
+"""Demo model (memaudit.model): training determinism, layout round-trip, learning, the
+memorization check and its saved generations, and the figures drawn from saved files."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from memaudit.model.check import generate_images, grid_examples
-from memaudit.model.figures import plot_generation_grid, plot_training_curve
+from memaudit.diffusion import sample_images, to_uint8
+from memaudit.model.artifacts import Generations, load_losses, read_generations, write_generations
+from memaudit.model.check import checked_prompts, first_rows, generate_images
+from memaudit.model.figures import grid_rows, plot_generation_grid, plot_training_curve
 from memaudit.model.loading import load_model
+from memaudit.model.spec import TrainSpec
 from memaudit.model.training import (
-    TrainSpec,
     demo_training_pairs,
     fit_demo_model,
-    load_losses,
     save_demo_model,
     train_demo_model,
     train_tokenizer,
@@ -151,9 +153,16 @@ def test_loss_decreases_and_figures_are_written(tmp_path: Path) -> None:
     generated = generate_images(model, captions, seeds=[0, 1], steps=5, guidance=4.0)
     assert generated.shape == (8, 16, 16) and generated.min() >= 0 and generated.max() <= 1
     plot_training_curve(losses, tmp_path / "curve.png")
-    plot_generation_grid(
-        model, captions[:2], images[:2], tmp_path / "grid.png", seeds=(0,), steps=3
+    generations = Generations(
+        texts=captions[:2],
+        kinds=["planted", "ordinary"],
+        images=to_uint8(generated[:4]).reshape(2, 2, 16, 16),
+        training=images[:2],
+        seeds=(0, 1),
+        steps=5,
+        guidance=4.0,
     )
+    plot_generation_grid(generations, tmp_path / "grid.png", n_seeds=1)
     for name in ("curve.png", "curve.pdf", "grid.png", "grid.pdf"):
         assert (tmp_path / name).stat().st_size > 1000
 
@@ -194,16 +203,17 @@ def test_training_pairs_follow_the_report_map_and_image_index() -> None:
         demo_training_pairs(studies.drop(columns="image_index"), report_map, prompts, images)
 
 
-def test_grid_examples_pick_planted_then_frequent_ordinary() -> None:
+def test_checked_prompts_are_planted_then_frequent_ordinary() -> None:
     import pandas as pd
 
     captions = ["p1", "o1", "o2", "o2", "p0", "o2", "o1", "o3"]
-    images = _images(len(captions))
-    truth = pd.DataFrame({"planted_id": [1, 0], "text": ["p1", "p0"]})
-    texts, chosen, labels = grid_examples(truth, captions, images, n_planted=2, n_ordinary=2)
-    assert texts == ["p0", "p1", "o2", "o1"]
-    assert labels == ["planted", "planted", "ordinary", "ordinary"]
-    np.testing.assert_array_equal(chosen, images[[4, 0, 2, 1]])
+    truth = pd.DataFrame({"planted_id": [1, 0, 2], "text": ["p1", "p0", "p2"]})
+    planted, ordinary = checked_prompts(truth, captions, n_ordinary=2)
+    assert planted == ["p0", "p1"]  # planted_id order; p2 has no training pair
+    assert ordinary == ["o2", "o1"]  # most frequent first
+    assert checked_prompts(truth, captions, n_ordinary=5)[1] == ["o2", "o1", "o3"]
+    # each prompt's training image is its first pair's
+    np.testing.assert_array_equal(first_rows(captions, planted + ordinary), [4, 0, 2, 1])
 
 
 def test_memorization_check_scores_copies_and_spread(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -230,8 +240,8 @@ def test_memorization_check_scores_copies_and_spread(monkeypatch: pytest.MonkeyP
         return np.stack(out)
 
     monkeypatch.setattr(check, "generate_images", fake_generate)
-    summary, table = check.check_memorization(
-        None, truth, captions, images, seeds=(0, 1, 2), n_ordinary=5
+    summary, table, generations = check.check_memorization(
+        None, truth, captions, images, seeds=(0, 1, 2), n_ordinary=5, steps=7, guidance=2.0
     )
     assert summary["n_planted"] == 1 and summary["n_ordinary"] == 1
     assert summary["n_training_images"] == 4
@@ -240,3 +250,56 @@ def test_memorization_check_scores_copies_and_spread(monkeypatch: pytest.MonkeyP
     assert summary["planted_seed_agreement"] == 1.0
     assert summary["ordinary_seed_agreement"] == 0.0
     assert list(table["kind"]) == ["planted", "ordinary"]
+    # the generations it measured come back, rows in the table's order, for the grid figure
+    assert generations.texts == ["P", "O"] and generations.kinds == ["planted", "ordinary"]
+    assert (generations.seeds, generations.steps, generations.guidance) == ((0, 1, 2), 7, 2.0)
+    assert generations.images.shape == (2, 3, 16, 16) and generations.images.dtype == np.uint8
+    np.testing.assert_array_equal(generations.images[0, 2], patterns[0])
+    np.testing.assert_array_equal(generations.images[1, 1], patterns[2])
+    np.testing.assert_array_equal(generations.training, images[[0, 3]])  # first pair's image
+
+
+def test_check_generates_with_the_shared_sampler() -> None:
+    """generate_images is the shared guided DDIM sampler, x_T seeded by the seed itself."""
+    spec = tiny_train_spec(steps=1)
+    model, _, _ = fit_demo_model(TINY_CAPTIONS, _images(6), spec, io.StringIO())
+    prompts, seeds = TINY_CAPTIONS[:2], [3, 4]
+    got = generate_images(model, prompts, seeds, steps=3, guidance=5.0)
+    noise = torch.stack(
+        [
+            torch.randn(model.latent_shape, generator=torch.Generator().manual_seed(s))
+            for _ in prompts
+            for s in seeds
+        ]
+    )
+    cond = model.encode([p for p in prompts for _ in seeds])
+    want = sample_images(model, cond, noise, model.encode([""]), 3, 5.0).numpy()
+    # one batch of the same four rows on both sides: the same computation, bit for bit
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(generate_images(model, prompts, seeds, 3, 5.0), got)
+
+
+def test_generations_round_trip_and_grid_rows(tmp_path: Path) -> None:
+    images = np.random.default_rng(1).integers(0, 256, (5, 4, 16, 16), dtype=np.uint8)
+    generations = Generations(
+        texts=["p0", "p1", "o0", "o1", "o2"],
+        kinds=["planted", "planted", "ordinary", "ordinary", "ordinary"],
+        images=images,
+        training=_images(5),
+        seeds=(0, 1, 2, 3),
+        steps=20,
+        guidance=7.5,
+    )
+    write_generations(generations, tmp_path / "g.npz", tmp_path / "g.parquet")
+    back = read_generations(tmp_path / "g.npz", tmp_path / "g.parquet")
+    assert (back.texts, back.kinds) == (generations.texts, generations.kinds)
+    assert (back.seeds, back.steps, back.guidance) == ((0, 1, 2, 3), 20, 7.5)
+    np.testing.assert_array_equal(back.images, images)
+    np.testing.assert_array_equal(back.training, generations.training)
+    # the grid: the first planted prompts, then the first (most frequent) ordinary ones
+    assert grid_rows(back, n_planted=1, n_ordinary=2) == [0, 2, 3]
+    assert grid_rows(back) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="number of prompts"):
+        Generations(["a"], ["planted", "ordinary"], images[:1], _images(1), (0, 1, 2, 3), 1, 1.0)
+    with pytest.raises(ValueError, match="seeds"):
+        Generations(["a"], ["planted"], images[:1], _images(1), (0, 1), 1, 1.0)

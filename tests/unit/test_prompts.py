@@ -1,4 +1,5 @@
-"""Unit tests for memaudit.reports: section splitting, readers, skips and the prompts table."""
+"""Unit tests of the prompts stage: section splitting (default rules), MIMIC folders and zips,
+skips, the metadata filter, and the prompts table with its markers."""
 
 from __future__ import annotations
 
@@ -9,150 +10,32 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from memaudit.prompts.extract import SKIP_REASONS, extract_prompts
+from memaudit.prompts.extract import NoUsableReports, extract_prompts
+from memaudit.prompts.markers import count_prompt_markers
 from memaudit.prompts.sections import (
     DEFAULT_SECTION_ORDER,
     canonical_section_name,
     choose_section,
     split_sections,
 )
-from memaudit.prompts.sources import load_metadata_filter
+from memaudit.prompts.tables import load_metadata_filter
 from memaudit.text import prompt_id
-
-
-def _mimic(text: str) -> str:
-    """Report text as MIMIC-CXR writes it: blank lines hold one space, and a header alone on
-    its line is followed by two spaces (kept out of the source to avoid trailing whitespace)."""
-    lines = text.split("\n")
-    return (
-        "\n".join(
-            " " if not line else line + "  " if line.endswith(":") else line for line in lines[:-1]
-        )
-        + "\n"
-    )
-
-
-# A report in MIMIC-CXR style: centred title, headers indented one space, "\n \n" blank lines.
-STANDARD = _mimic("""                                 FINAL REPORT
- EXAMINATION:  CHEST (PA AND LAT)
-
- INDICATION:  ___ year old woman with cough  // eval for pneumonia
-
- TECHNIQUE:  Chest PA and lateral
-
- COMPARISON:  ___
-
- FINDINGS:
-
- There is no focal consolidation, pleural effusion or pneumothorax.  The
- cardiomediastinal silhouette is normal.
-
- IMPRESSION:
-
- No acute cardiopulmonary process.
-""")
-
-# The same impression with different line breaks and spacing: the same prompt once normalised.
-STANDARD_REWRAPPED = _mimic("""                                 FINAL REPORT
- EXAMINATION:  CHEST (PORTABLE AP)
-
- INDICATION:  ___ with fever
-
- COMPARISON:  None.
-
- IMPRESSION:
-
- No acute
- cardiopulmonary   process.
-""")
-
-NO_IMPRESSION = _mimic("""                                 FINAL REPORT
- INDICATION:  ___ year old man with dyspnea
-
- COMPARISON:  Chest radiograph from ___.
-
- FINDINGS:
-
- Mild pulmonary vascular congestion.  No pneumothorax.
-""")
-
-ADDENDUM_WITH_IMPRESSION = _mimic("""                                 FINAL REPORT
- INDICATION:  Line placement.
-
- FINDINGS:
-
- Right internal jugular line ends in the upper SVC.
-
- IMPRESSION:
-
- Line in the SVC.
-
- ADDENDUM:  Reviewed with Dr. ___ on ___.
-
- IMPRESSION:
-
- Right internal jugular line ends in the right atrium; withdraw by 2 cm.
-""")
-
-ADDENDUM_TITLE_AFTER_IMPRESSION = _mimic("""                                 FINAL REPORT
- INDICATION:  Fever.
-
- IMPRESSION:
-
- Left basilar opacity may reflect pneumonia.
-
-                                 ADDENDUM
- Findings were telephoned to Dr. ___ at 10:15 on ___.
-""")
-
-NO_HEADERS_TWO_PARAGRAPHS = _mimic("""                                 FINAL REPORT
-
- Portable chest radiograph.  Lungs are clear.  No pneumothorax.
-""")
-
-NO_HEADERS_ONE_PARAGRAPH = "  Lungs are clear.  No pneumothorax.\n"
-
-# Only comparison and indication: the last paragraph of the last section is the prompt.
-NO_FINDINGS_SECTION = _mimic("""                                 FINAL REPORT
- INDICATION:  ___ year old with chest pain.
-
- COMPARISON:  ___
-
- Stable appearance of the chest with no acute process.
-""")
-
-# Nothing usable: one header, no impression/findings, no blank line in the last section.
-NO_USABLE = """                                 FINAL REPORT
- INDICATION:  Cough."""
-
-
-def _assert_accounted(summary: dict) -> None:
-    """Every report read is used or a counted skip with a known reason."""
-    assert summary["reports_read"] == summary["reports_used"] + sum(summary["skipped"].values())
-    assert set(summary["skipped"]) <= set(SKIP_REASONS)
-
-
-def _report_path(study: int, subject: int = 10000032) -> str:
-    return f"files/p{str(subject)[:2]}/p{subject}/s{study}.txt"
-
-
-def _write_tree(root: Path, reports: dict[str, str | bytes]) -> Path:
-    for rel, content in reports.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content, encoding="utf-8")
-    return root
-
-
-def _write_zip(path: Path, reports: dict[str, str | bytes], prefix: str = "") -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for rel, content in reports.items():
-            archive.writestr(prefix + rel, content)
-    return path
-
+from tests.unit.prompt_reports import (
+    ADDENDUM_TITLE_AFTER_IMPRESSION,
+    ADDENDUM_WITH_IMPRESSION,
+    NO_FINDINGS_SECTION,
+    NO_HEADERS_ONE_PARAGRAPH,
+    NO_HEADERS_TWO_PARAGRAPHS,
+    NO_IMPRESSION,
+    NO_USABLE,
+    STANDARD,
+    assert_accounted,
+    extract,
+    mixed_corpus,
+    report_path,
+    write_tree,
+    write_zip,
+)
 
 # ------------------------------------------------------------------ section splitting
 
@@ -304,21 +187,10 @@ def test_choose_section_custom_order_and_missing() -> None:
 # ------------------------------------------------------------------ extract_prompts on MIMIC
 
 
-def _corpus() -> dict[str, str]:
-    return {
-        _report_path(50000001, 10000001): STANDARD,
-        _report_path(50000002, 10000001): STANDARD_REWRAPPED,
-        _report_path(50000003, 11000002): NO_IMPRESSION,
-        _report_path(50000004, 11000002): ADDENDUM_WITH_IMPRESSION,
-        _report_path(50000005, 12000003): NO_HEADERS_TWO_PARAGRAPHS,
-        _report_path(50000006, 12000003): NO_USABLE,
-    }
-
-
 def test_extract_prompts_dedup_counts_and_columns(tmp_path: Path) -> None:
-    root = _write_tree(tmp_path / "mimic", _corpus())
-    prompts, report_map, summary = extract_prompts(root)
-    _assert_accounted(summary)
+    root = write_tree(tmp_path / "mimic", mixed_corpus())
+    prompts, report_map, summary = extract(root)
+    assert_accounted(summary)
     assert list(prompts.columns) == [
         "prompt_id",
         "text",
@@ -364,16 +236,16 @@ def test_extract_prompts_dedup_counts_and_columns(tmp_path: Path) -> None:
 
 
 def test_markers_counted_per_prompt(tmp_path: Path) -> None:
-    root = _write_tree(tmp_path / "mimic", _corpus())
-    prompts, _, summary = extract_prompts(root)
+    root = write_tree(tmp_path / "mimic", mixed_corpus())
+    prompts, _, summary = extract(root)
     by_text = prompts.set_index("text")
     addendum_text = "Right internal jugular line ends in the right atrium; withdraw by 2 cm."
     assert by_text.loc[addendum_text, "marker_count"] == 0
     # Only the addendum's own impression counts, not "Dr. ___ on ___" in the addendum section.
     assert not by_text.loc[addendum_text, "has_marker"]
     text = STANDARD.replace("No acute cardiopulmonary process.", "Called to Dr. ___ on ___.")
-    root2 = _write_tree(tmp_path / "mimic2", {_report_path(50000009): text})
-    prompts2, _, summary2 = extract_prompts(root2)
+    root2 = write_tree(tmp_path / "mimic2", {report_path(50000009): text})
+    prompts2, _, summary2 = extract(root2)
     assert prompts2["marker_count"].tolist() == [2]
     assert prompts2["has_marker"].tolist() == [True]
     assert summary2["prompts_with_marker"] == 1
@@ -383,9 +255,9 @@ def test_markers_counted_per_prompt(tmp_path: Path) -> None:
 
 
 def test_custom_order_impression_only_skips_others(tmp_path: Path) -> None:
-    root = _write_tree(tmp_path / "mimic", _corpus())
-    prompts, report_map, summary = extract_prompts(root, sections=["impression"])
-    _assert_accounted(summary)
+    root = write_tree(tmp_path / "mimic", mixed_corpus())
+    prompts, report_map, summary = extract(root, sections=["impression"])
+    assert_accounted(summary)
     assert summary["reports_used"] == 3
     assert summary["skipped"] == {"no_usable_section": 3}
     assert set(report_map["section"]) == {"impression"}
@@ -393,17 +265,17 @@ def test_custom_order_impression_only_skips_others(tmp_path: Path) -> None:
 
 
 def test_folder_files_folder_and_zip_give_identical_outputs(tmp_path: Path) -> None:
-    corpus = _corpus()
-    root = _write_tree(tmp_path / "mimic", corpus)
+    corpus = mixed_corpus()
+    root = write_tree(tmp_path / "mimic", corpus)
     # The parent of files/ may hold other things: only files/ is walked.
     (root / "studies.parquet").write_bytes(b"PAR1 not a report")
-    zip_plain = _write_zip(tmp_path / "plain.zip", corpus)
-    zip_prefixed = _write_zip(tmp_path / "mimic-cxr-reports.zip", corpus, prefix="mimic-cxr/")
+    zip_plain = write_zip(tmp_path / "plain.zip", corpus)
+    zip_prefixed = write_zip(tmp_path / "mimic-cxr-reports.zip", corpus, prefix="mimic-cxr/")
     results = [
-        extract_prompts(root),
-        extract_prompts(root / "files"),
-        extract_prompts(zip_plain),
-        extract_prompts(zip_prefixed),
+        extract(root),
+        extract(root / "files"),
+        extract(zip_plain),
+        extract(zip_prefixed),
     ]
     base_prompts, base_map, base_summary = results[0]
     for prompts, report_map, summary in results[1:]:
@@ -416,14 +288,14 @@ def test_folder_files_folder_and_zip_give_identical_outputs(tmp_path: Path) -> N
 
 
 def test_hidden_files_in_a_folder_are_not_reports(tmp_path: Path) -> None:
-    corpus = _corpus()
-    root = _write_tree(tmp_path / "mimic", corpus)
-    plain = extract_prompts(root)
+    corpus = mixed_corpus()
+    root = write_tree(tmp_path / "mimic", corpus)
+    plain = extract(root)
     (root / "files" / ".snakemake_timestamp").write_text("")
     (root / "files" / "p10" / ".DS_Store").write_bytes(b"\x00\x01")
     (root / "files" / ".cache").mkdir()
     (root / "files" / ".cache" / "s1.txt").write_text("not a study")
-    prompts, report_map, summary = extract_prompts(root)
+    prompts, report_map, summary = extract(root)
     pd.testing.assert_frame_equal(prompts, plain[0])
     pd.testing.assert_frame_equal(report_map, plain[1])
     assert summary["reports_read"] == plain[2]["reports_read"] == len(corpus)
@@ -438,9 +310,9 @@ def test_zip_non_report_members_are_counted(tmp_path: Path) -> None:
         archive.writestr("mimic-cxr-reports/LICENSE.txt", "license")
         archive.writestr("mimic-cxr-reports/cxr-record-list.csv", "a,b\n1,2\n")
         archive.writestr("mimic-cxr-reports/files/p10/p10000032/notes.txt", STANDARD)
-        archive.writestr("mimic-cxr-reports/" + _report_path(50414267), STANDARD)
-    prompts, report_map, summary = extract_prompts(path)
-    _assert_accounted(summary)
+        archive.writestr("mimic-cxr-reports/" + report_path(50414267), STANDARD)
+    prompts, report_map, summary = extract(path)
+    assert_accounted(summary)
     assert summary["reports_read"] == 5
     assert summary["skipped"] == {"not_a_report": 4}
     assert report_map["report_id"].tolist() == ["s50414267"]
@@ -452,12 +324,12 @@ def test_zip_non_report_members_are_counted(tmp_path: Path) -> None:
 
 def _bad_corpus() -> dict[str, str | bytes]:
     return {
-        _report_path(50000001): STANDARD,
-        _report_path(50000002): b"",
-        _report_path(50000003): b"\xff\xfe IMPRESSION: \xe9t\xe9\n",
-        _report_path(50000004): b"FINAL REPORT\x00\x00\x01 binary",
-        _report_path(50000005): NO_USABLE,
-        _report_path(50000006): STANDARD + " " * (5 * 1024 * 1024),
+        report_path(50000001): STANDARD,
+        report_path(50000002): b"",
+        report_path(50000003): b"\xff\xfe IMPRESSION: \xe9t\xe9\n",
+        report_path(50000004): b"FINAL REPORT\x00\x00\x01 binary",
+        report_path(50000005): NO_USABLE,
+        report_path(50000006): STANDARD + " " * (5 * 1024 * 1024),
     }
 
 
@@ -465,11 +337,11 @@ def _bad_corpus() -> dict[str, str | bytes]:
 def test_bad_reports_are_counted_skips(tmp_path: Path, as_zip: bool) -> None:
     corpus = _bad_corpus()
     if as_zip:
-        source = _write_zip(tmp_path / "bad.zip", corpus)
+        source = write_zip(tmp_path / "bad.zip", corpus)
     else:
-        source = _write_tree(tmp_path / "bad", corpus)
-    prompts, report_map, summary = extract_prompts(source)
-    _assert_accounted(summary)
+        source = write_tree(tmp_path / "bad", corpus)
+    prompts, report_map, summary = extract(source)
+    assert_accounted(summary)
     assert summary["reports_read"] == 6
     assert summary["reports_used"] == 1
     assert summary["skipped"] == {
@@ -482,7 +354,7 @@ def test_bad_reports_are_counted_skips(tmp_path: Path, as_zip: bool) -> None:
     assert summary["skipped_examples"]["too_large"][0].endswith("s50000006.txt")
     assert summary["skipped_examples"]["no_usable_section"] == ["s50000005"]
     # The size limit is configurable: a larger limit lets the 5 MB report through.
-    _, _, summary_big = extract_prompts(source, max_report_bytes=10_000_000)
+    _, _, summary_big = extract(source, max_report_bytes=10_000_000)
     assert "too_large" not in summary_big["skipped"]
     assert summary_big["reports_used"] == 2
 
@@ -490,10 +362,10 @@ def test_bad_reports_are_counted_skips(tmp_path: Path, as_zip: bool) -> None:
 def test_duplicate_report_ids_are_counted(tmp_path: Path) -> None:
     path = tmp_path / "dup.zip"
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("a/" + _report_path(50000001), STANDARD)
-        archive.writestr("b/" + _report_path(50000001), STANDARD)
-    prompts, _, summary = extract_prompts(path)
-    _assert_accounted(summary)
+        archive.writestr("a/" + report_path(50000001), STANDARD)
+        archive.writestr("b/" + report_path(50000001), STANDARD)
+    prompts, _, summary = extract(path)
+    assert_accounted(summary)
     assert summary["skipped"] == {"duplicate_report": 1}
     assert prompts["n_reports"].tolist() == [1]
 
@@ -501,127 +373,23 @@ def test_duplicate_report_ids_are_counted(tmp_path: Path) -> None:
 def test_missing_path_names_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "mimic-cxr-reports.zip"
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        extract_prompts(missing)
+        extract(missing)
 
 
 def test_corrupt_zip_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.zip"
     path.write_bytes(b"PK\x03\x04 this is not really a zip archive")
     with pytest.raises(ValueError, match="broken.zip"):
-        extract_prompts(path)
+        extract(path)
 
 
 def test_unknown_source_kind_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "reports.json"
     path.write_text("{}")
     with pytest.raises(ValueError, match="reports.json"):
-        extract_prompts(path)
+        extract(path)
     with pytest.raises(ValueError, match="kind"):
-        extract_prompts(path, kind="xml")
-
-
-# ------------------------------------------------------------------ tables
-
-
-def _iu_frame() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "uid": ["1", "2", "3", "4", "5"],
-            "findings": [
-                "The heart is normal in size.",
-                "XXXX sternotomy wires.",
-                "",
-                "Clear lungs.",
-                "",
-            ],
-            "impression": [
-                "Normal chest x-XXXX.",
-                "",
-                "No active disease.",
-                "No  active\ndisease.",
-                "",
-            ],
-        }
-    )
-
-
-def _write_table(frame: pd.DataFrame, path: Path) -> Path:
-    if path.suffix == ".parquet":
-        frame.to_parquet(path)
-    else:
-        frame.to_csv(path, sep="\t" if path.suffix == ".tsv" else ",", index=False)
-    return path
-
-
-@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet"])
-def test_table_with_fallback_columns(tmp_path: Path, suffix: str) -> None:
-    path = _write_table(_iu_frame(), tmp_path / f"indiana_reports{suffix}")
-    prompts, report_map, summary = extract_prompts(
-        path, text_column=["impression", "findings"], id_column="uid", markers=["XXXX"]
-    )
-    _assert_accounted(summary)
-    assert summary["kind"] == "table"
-    assert summary["reports_read"] == 5
-    assert summary["skipped"] == {"empty": 1}
-    assert report_map["report_id"].tolist() == ["1", "2", "3", "4"]
-    assert report_map["section"].tolist() == ["impression", "findings", "impression", "impression"]
-    assert report_map["study_id"].tolist() == [1, 2, 3, 4]
-    assert report_map["subject_id"].isna().all()
-    by_text = prompts.set_index("text")
-    assert by_text.loc["No active disease.", "n_reports"] == 2
-    assert by_text.loc["XXXX sternotomy wires.", "marker_count"] == 1
-    assert by_text.loc["Normal chest x-XXXX.", "has_marker"]
-    assert summary["prompts_with_marker"] == 2
-    assert summary["reports_with_marker"] == 2
-    assert summary["section_counts"] == {"impression": 3, "findings": 1}
-
-
-def test_table_without_id_column_uses_row_numbers(tmp_path: Path) -> None:
-    path = _write_table(_iu_frame(), tmp_path / "iu.csv")
-    _, report_map, summary = extract_prompts(path, text_column="findings")
-    _assert_accounted(summary)
-    assert report_map["report_id"].tolist() == ["row0", "row1", "row3"]
-    assert report_map["study_id"].isna().all()
-    assert summary["skipped"] == {"empty": 2}
-
-
-def test_table_section_parsing_is_optional(tmp_path: Path) -> None:
-    frame = pd.DataFrame({"id": ["s50000001", "s50000002"], "report": [STANDARD, NO_USABLE]})
-    path = _write_table(frame, tmp_path / "reports.parquet")
-    prompts, report_map, summary = extract_prompts(path, text_column="report", id_column="id")
-    assert summary["reports_used"] == 2
-    assert report_map["section"].tolist() == ["report", "report"]
-    assert prompts["n_words"].max() > 40  # the whole report, used as it is
-    prompts, report_map, summary = extract_prompts(
-        path, text_column="report", id_column="id", parse_sections_in_table=True
-    )
-    _assert_accounted(summary)
-    assert prompts["text"].tolist() == ["No acute cardiopulmonary process."]
-    assert report_map["study_id"].tolist() == [50000001]
-    assert summary["skipped"] == {"no_usable_section": 1}
-
-
-def test_table_missing_text_column_is_a_clear_error(tmp_path: Path) -> None:
-    path = _write_table(_iu_frame(), tmp_path / "indiana_reports.csv")
-    with pytest.raises(ValueError) as info:
-        extract_prompts(path, text_column=["impresion", "findings"])
-    message = str(info.value)
-    assert "indiana_reports.csv" in message
-    assert "impresion" in message
-    assert "uid" in message  # the columns present are listed
-    with pytest.raises(ValueError, match="text_column"):
-        extract_prompts(path)
-
-
-def test_table_not_utf8_and_empty_are_clear_errors(tmp_path: Path) -> None:
-    bad = tmp_path / "latin1.csv"
-    bad.write_bytes("uid,impression\n1,r\xe9sum\xe9\n".encode("latin-1"))
-    with pytest.raises(ValueError, match="latin1.csv"):
-        extract_prompts(bad, text_column="impression")
-    empty = tmp_path / "empty.csv"
-    empty.write_bytes(b"")
-    with pytest.raises(ValueError, match="empty.csv"):
-        extract_prompts(empty, text_column="impression")
+        extract(path, kind="xml")
 
 
 # ------------------------------------------------------------------ metadata filter
@@ -641,12 +409,12 @@ def _split_csv(path: Path) -> Path:
 
 
 def test_metadata_filter(tmp_path: Path) -> None:
-    root = _write_tree(tmp_path / "mimic", _corpus())
+    root = write_tree(tmp_path / "mimic", mixed_corpus())
     meta = _split_csv(tmp_path / "mimic-cxr-2.0.0-metadata.csv")
     where = {"split": ["train"], "ViewPosition": ["PA", "AP"]}
     assert load_metadata_filter(meta, where=where) == {50000001, 50000004, 50000005}
-    _, report_map, summary = extract_prompts(root, metadata={"path": meta, "where": where})
-    _assert_accounted(summary)
+    _, report_map, summary = extract(root, metadata={"path": meta, "where": where})
+    assert_accounted(summary)
     assert report_map["report_id"].tolist() == ["s50000001", "s50000004", "s50000005"]
     # 50000002 (lateral), 50000003 (test) and 50000006 (not in the table) are filtered out.
     assert summary["skipped"] == {"filtered_out": 3}
@@ -654,43 +422,104 @@ def test_metadata_filter(tmp_path: Path) -> None:
 
 
 def test_metadata_filter_missing_column_is_a_clear_error(tmp_path: Path) -> None:
-    root = _write_tree(tmp_path / "mimic", _corpus())
+    root = write_tree(tmp_path / "mimic", mixed_corpus())
     meta = _split_csv(tmp_path / "split.csv")
     with pytest.raises(ValueError) as info:
-        extract_prompts(root, metadata={"path": meta, "where": {"view": ["PA"]}})
+        extract(root, metadata={"path": meta, "where": {"view": ["PA"]}})
     assert "split.csv" in str(info.value)
     assert "view" in str(info.value)
     with pytest.raises(ValueError, match="metadata"):
-        extract_prompts(root, metadata={"file": meta})
+        extract(root, metadata={"file": meta})
 
 
 def test_default_order_is_the_papers() -> None:
     assert DEFAULT_SECTION_ORDER == ("impression", "findings", "last_paragraph", "comparison")
 
 
-def test_summary_is_json_and_empty_source_gives_empty_tables(tmp_path: Path) -> None:
-    (tmp_path / "files").mkdir()
-    prompts, report_map, summary = extract_prompts(tmp_path)
+def test_summary_and_reading_counts_are_json(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "mimic", mixed_corpus())
+    texts, report_map, reading = extract_prompts(root)
+    assert json.loads(json.dumps(reading)) == reading
+    assert list(texts.columns) == ["prompt_id", "text", "n_reports"]
+    assert str(texts["n_reports"].dtype) == "int64"
+    assert reading["section_rules"] == "memaudit"
+    assert reading["encoding"] == "utf-8"
+    _, _, summary = extract(root)
     assert json.loads(json.dumps(summary)) == summary
-    assert summary["reports_read"] == 0
-    assert prompts.empty and report_map.empty
-    assert str(prompts["n_reports"].dtype) == "int64"
-    assert list(report_map.columns) == [
-        "report_id",
-        "subject_id",
-        "study_id",
-        "section",
-        "prompt_id",
+    assert list(summary) == [
+        "source",
+        "kind",
+        "format",
+        "reports_read",
+        "reports_used",
+        "skipped",
+        "skipped_examples",
+        "unique_prompts",
+        "prompts_with_marker",
+        "reports_with_marker",
+        "marker_patterns",
+        "section_order",
+        "section_rules",
+        "section_counts",
+        "max_report_bytes",
+        "encoding",
+        "metadata",
+        "most_repeated",
     ]
 
 
-def test_parquet_missing_cells_and_corrupt_parquet(tmp_path: Path) -> None:
-    frame = pd.DataFrame({"impression": [None, "Clear."], "findings": ["Normal heart.", None]})
-    path = _write_table(frame, tmp_path / "cells.parquet")
-    prompts, report_map, summary = extract_prompts(path, text_column=["impression", "findings"])
-    assert sorted(prompts["text"]) == ["Clear.", "Normal heart."]
-    assert report_map["section"].tolist() == ["findings", "impression"]
-    bad = tmp_path / "bad.parquet"
-    bad.write_bytes(b"not parquet at all")
-    with pytest.raises(ValueError, match="bad.parquet"):
-        extract_prompts(bad, text_column="impression")
+def test_a_source_without_usable_reports_stops_the_stage(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "files").mkdir(parents=True)
+    with pytest.raises(NoUsableReports, match="empty.*0 read"):
+        extract_prompts(tmp_path / "empty")
+    root = write_tree(
+        tmp_path / "unusable",
+        {
+            report_path(50000001): NO_USABLE,
+            report_path(50000002): b"",
+            "files/README.txt": "not a report",
+        },
+    )
+    with pytest.raises(NoUsableReports) as info:
+        extract_prompts(root)
+    message = str(info.value)
+    assert str(root) in message
+    assert "3 read" in message
+    for count in ("'empty': 1", "'no_usable_section': 1", "'not_a_report': 1"):
+        assert count in message
+
+
+def test_a_report_lost_between_listing_and_reading_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memaudit.prompts import extract as extract_module
+    from memaudit.prompts.sources import ReportStream, iter_mimic_folder
+
+    def lossy(folder, **kwargs):
+        stream = iter_mimic_folder(folder, **kwargs)
+        return ReportStream(stream.n_seen, iter(list(stream)[1:]))
+
+    root = write_tree(tmp_path / "mimic", mixed_corpus())
+    monkeypatch.setattr(extract_module, "iter_mimic_folder", lossy)
+    with pytest.raises(RuntimeError, match="6 files seen, but 4 used"):
+        extract_prompts(root)
+
+
+def test_marker_settings_change_no_text(tmp_path: Path) -> None:
+    """The texts that scoring reads come from extract_prompts alone; markers and top_n only
+    change the prompts table's flags and the summary."""
+    root = write_tree(tmp_path / "mimic", mixed_corpus())
+    texts, _, reading = extract_prompts(root)
+    plain, plain_summary = count_prompt_markers(texts, reading)
+    marked, marked_summary = count_prompt_markers(
+        texts, reading, markers=["___", r"\bcm\b"], top_n=1
+    )
+    pd.testing.assert_frame_equal(plain[["prompt_id", "text", "n_reports"]], texts)
+    pd.testing.assert_frame_equal(marked[["prompt_id", "text", "n_reports"]], texts)
+    assert marked["marker_count"].sum() == plain["marker_count"].sum() + 1
+    assert len(marked_summary["most_repeated"]) == 1
+    assert len(plain_summary["most_repeated"]) == len(texts)
+    with pytest.raises(ValueError, match="top_n"):
+        count_prompt_markers(texts, reading, top_n=-1)
+    with pytest.raises(ValueError, match="does not compile"):
+        count_prompt_markers(texts, reading, markers=["("])

@@ -1,15 +1,19 @@
-"""Config validation: schema defaults, unknown keys, wrong types, missing paths."""
+"""Config validation: schema defaults, unknown keys, wrong types, missing paths, settings
+that fail before any job, command-line overrides, and the schema as the one source of truth."""
 
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from memaudit.config import ConfigError, check_paths, load_schema, validate_config
-from tests.conftest import REPO, snakemake
+from tests.conftest import QUICK, REPO, snakemake
 
 SCHEMA = load_schema(REPO / "workflow/schemas/config.schema.yaml")
 DEMO = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -112,8 +116,48 @@ def write_config(tmp_path: Path, mutate) -> Path:
             lambda c: c["copy_detection"].update(train_images="results/demo/corpus/files"),
             "key 'copy_detection.heldout_images'",
         ),
+        # Checks of the Specs and of settings the schema cannot express, which used to fail
+        # only inside a job (most of them a GPU job).
+        (
+            lambda c: c["scoring"].update(window=[0, 60]),
+            "scoring.window [0, 60] must satisfy 0 <= start < stop <= scoring.steps (50)",
+        ),
+        (
+            lambda c: c["attribution"].update(window=[3, 1]),
+            "attribution.window [3, 1] must satisfy 0 <= start < stop",
+        ),
+        (
+            lambda c: c["attribution"].update(window=[0, 60]),
+            "attribution.window [0, 60] reaches beyond the sampling steps (scoring.steps is 50)",
+        ),
+        (
+            lambda c: c["threshold"].update(method="value"),
+            "key 'threshold.value': threshold.method is value, so threshold.value must be",
+        ),
+        (
+            lambda c: c["reports"].update(markers=["___", "(unclosed"]),
+            "key 'reports.markers[1]': marker regex '(unclosed' does not compile",
+        ),
+        (lambda c: c["demo"].update(n_planted=50), "exceeds n_studies = 2000 (demo.n_studies)"),
+        (
+            lambda c: c["demo"].update(image_size=18),
+            "image_size 18 (demo.image_size) must be divisible by 2**2",
+        ),
     ],
-    ids=["typo", "type", "missing-path", "network-without-weights", "copies-without-heldout"],
+    ids=[
+        "typo",
+        "type",
+        "missing-path",
+        "network-without-weights",
+        "copies-without-heldout",
+        "scoring-window-beyond-steps",
+        "attribution-window-reversed",
+        "attribution-window-beyond-steps",
+        "threshold-value-without-value",
+        "marker-regex",
+        "corpus-too-small",
+        "image-size-vs-unet-levels",
+    ],
 )
 def test_snakemake_fails_before_any_job(workdir: Path, tmp_path: Path, mutate, expected: str):
     bad = write_config(tmp_path, mutate)
@@ -123,3 +167,136 @@ def test_snakemake_fails_before_any_job(workdir: Path, tmp_path: Path, mutate, e
     assert expected in output
     assert "Traceback" not in output
     assert "Job stats" not in output and not (workdir / "results").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Command-line overrides
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_nested_command_line_value_takes_the_schema_type(workdir: Path):
+    """Snakemake reads 'threshold={percentile: 95}' as the string '95'; it must pass."""
+    snakemake("-n", "--config", "threshold={percentile: 95}", workdir=workdir)
+
+
+def test_a_command_line_value_that_cannot_be_coerced_is_named(workdir: Path):
+    proc = snakemake("-n", "--config", "threshold={percentile: high}", workdir=workdir, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "--config: key 'threshold.percentile': 'high' cannot be read as number" in output
+    assert "Traceback" not in output
+
+
+# The workflow as Snakemake parses it: its config and every rule's params (repr, as Snakemake
+# stores them to decide re-runs), through the API (the command line prints no params).
+_PARSE = r"""
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.cli import parse_config
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+repo, workdir, out, cli, *configfiles = sys.argv[1:]
+with SnakemakeApi(OutputSettings()) as api:
+    workflow = api.workflow(
+        resource_settings=ResourceSettings(cores=1),
+        config_settings=ConfigSettings(
+            configfiles=[Path(p) for p in configfiles], config=parse_config(json.loads(cli))
+        ),
+        snakefile=Path(repo) / "Snakefile",
+        workdir=Path(workdir),
+    )._workflow
+    params = {
+        rule.name: {
+            name: repr(rule.params[i]) for name, (i, _) in rule.params._names.items()
+            if name != "code"
+        }
+        for rule in workflow.rules
+    }
+    Path(out).write_text(json.dumps({"config": workflow.config, "params": params}))
+"""
+
+
+def parsed_workflow(workdir: Path, overlays=(), cli=()) -> dict:
+    out = workdir / "parsed.json"
+    configfiles = [REPO / "config.yaml", *overlays]
+    args = [str(REPO), str(workdir), str(out), json.dumps(list(cli)), *map(str, configfiles)]
+    proc = subprocess.run(
+        [sys.executable, "-c", _PARSE, *args], cwd=workdir, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def test_command_line_values_reach_the_rules_typed(workdir: Path):
+    parsed = parsed_workflow(
+        workdir, cli=["threshold={percentile: 95}", "scoring={window: [0, 1], steps: 10}"]
+    )
+    assert parsed["config"]["threshold"]["percentile"] == 95
+    assert parsed["config"]["threshold"]["method"] == "percentile"  # merged, not replaced
+    scoring = parsed["params"]["score_chunk"]["scoring"]
+    assert "'steps': 10" in scoring and "'window': [0, 1]" in scoring
+
+
+# --------------------------------------------------------------------------------------------
+# One source of truth
+# --------------------------------------------------------------------------------------------
+
+
+def _old_selections(cfg: dict) -> dict[tuple[str, str], dict]:
+    """The key lists common.smk spelled out before the Specs declared them: the params each
+    rule got then, which it must still get (same keys, same order, so the same params hash)."""
+    scoring, mitigation = cfg["scoring"], cfg["mitigation"]
+    not_generation = ("prompts", "sample_size", "include_planted", "chunks", "bootstrap")
+    scores = {k: v for k, v in scoring.items() if k != "chunks"}
+    return {
+        ("make_demo_corpus", "spec"): {k: v for k, v in cfg["demo"].items() if k != "enabled"},
+        ("score_chunk", "scoring"): scores,
+        ("attribute_tokens", "scoring"): {
+            k: v for k, v in scoring.items() if k not in ("chunks", "window")
+        },
+        ("attribute_tokens", "attribution"): {
+            k: cfg["attribution"][k] for k in ("window", "batch_size")
+        },
+        ("generate_mitigations", "mitigation"): {
+            k: v for k, v in mitigation.items() if k not in not_generation
+        },
+        ("generate_mitigations", "scoring"): scores,
+        ("select_mitigation_prompts", "selection"): {
+            k: mitigation[k] for k in ("prompts", "sample_size", "include_planted", "seed")
+        },
+        ("embed_training_images", "copy_detection"): {
+            k: v for k, v in cfg["copy_detection"].items() if k not in ("percentile", "threshold")
+        },
+    }
+
+
+@pytest.mark.parametrize("overlays", [(), (QUICK,)], ids=["default", "quick"])
+def test_rules_get_the_same_params_from_the_specs_key_lists(workdir: Path, overlays):
+    parsed = parsed_workflow(workdir, overlays)
+    for (rule, name), expected in _old_selections(parsed["config"]).items():
+        assert parsed["params"][rule][name] == repr(expected), (rule, name)
+    common = (REPO / "workflow/rules/common.smk").read_text()
+    assert "MITIGATION_NOT_GENERATION" not in common  # the Specs' lists, not a copy of them
+
+
+# Values config.yaml sets on purpose apart from the schema default: the demo's CPU budget.
+DEMO_OVERRIDES = {
+    "mitigation.sample_size": 6,  # a seeded sample of 6 prompts instead of every selected one
+    "mitigation.steps": 25,  # half the paper's 50 DDIM steps, which halves the CPU demo
+}
+
+
+def _leaves(node: dict, prefix: str = ""):
+    for name, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value
+
+
+def test_config_yaml_repeats_the_schema_defaults_except_the_demo_overrides():
+    """config.yaml stays the commented demo audit, but cannot drift from the schema."""
+    defaults = dict(_leaves(validate_config({}, SCHEMA)))
+    differ = {key: value for key, value in _leaves(DEMO) if defaults.get(key, "<none>") != value}
+    assert differ == DEMO_OVERRIDES

@@ -131,14 +131,53 @@ def test_module_edit_reruns_the_stages_that_import_it(quick_run: QuickRun, tmp_p
     snakefile = _copy_code(code)
     # the code in a new place (new paths, new mtimes) re-runs nothing by itself
     assert dry_run(run, snakefile=snakefile) == {}
-    module = code / "memaudit" / "thresholding.py"
+    module = code / "memaudit" / "threshold" / "cutoff.py"
     module.write_text(module.read_text() + "\n# an edit\n")
     jobs = dry_run(run, snakefile=snakefile)
-    assert {"threshold_scores", "plot_score_distribution", "evaluate_detection"} <= set(jobs)
+    assert {"threshold_scores", "plot_score_distribution"} <= set(jobs)
     assert any("Params have changed" in r for r in jobs["threshold_scores"]), jobs
-    assert not (UPSTREAM | SCORING) & set(jobs), sorted(jobs)
+    # evaluation scores the ranking against the truth: it imports no threshold code
+    assert not (UPSTREAM | SCORING | {"evaluate_detection"}) & set(jobs), sorted(jobs)
     # an edit of a module that scoring imports re-runs scoring, not training
-    models = code / "memaudit" / "models.py"
+    models = code / "memaudit" / "model" / "loading.py"
     models.write_text(models.read_text() + "\n# an edit\n")
     jobs = dry_run(run, snakefile=snakefile)
     assert "score_chunk" in jobs and "make_demo_corpus" not in jobs
+
+
+def test_demo_model_figure_edit_redraws_its_figures_only(quick_run: QuickRun, tmp_path: Path):
+    """Figures apart from computation: an edit of memaudit/model/figures.py re-runs the two
+    plot rules of the demo model, not its training, not its memorization check, no scoring."""
+    run = copy_run(quick_run, tmp_path / "run")
+    code = tmp_path / "code"
+    code.mkdir()
+    snakefile = _copy_code(code)
+    args = ("-n", "--cores", "2", "--snakefile", str(snakefile))
+    args += ("--rerun-triggers", "code", "params", "input", "mtime")
+    assert planned(snakemake(*args, workdir=run, overlays=(QUICK,))) == {}
+    module = code / "memaudit" / "model" / "figures.py"
+    module.write_text(module.read_text() + "\n# an edit\n")
+    jobs = planned(snakemake(*args, workdir=run, overlays=(QUICK,)))
+    assert set(jobs) == {"plot_training_curve", "plot_demo_generations"}, sorted(jobs)
+    assert all(any("Params have changed" in r for r in jobs[rule]) for rule in jobs), jobs
+
+
+def test_attribution_figure_edit_redraws_its_figures_only(quick_run: QuickRun, tmp_path: Path):
+    """Figures apart from computation: an edit of memaudit/attribution/figures.py re-runs the
+    two attribution plot rules, no attribution chunk, no summary, nothing upstream."""
+    run = copy_run(quick_run, tmp_path / "run")
+    code = tmp_path / "code"
+    code.mkdir()
+    snakefile = _copy_code(code)
+    args = ("-n", "--cores", "2", "--snakefile", str(snakefile))
+    args += ("--rerun-triggers", "code", "params", "input", "mtime")
+    module = code / "memaudit" / "attribution" / "figures.py"
+    module.write_text(module.read_text() + "\n# an edit\n")
+    jobs = planned(snakemake(*args, workdir=run, overlays=(QUICK,)))
+    assert set(jobs) == {"plot_token_attribution", "plot_word_types"}, sorted(jobs)
+    assert all(any("Params have changed" in r for r in jobs[rule]) for rule in jobs), jobs
+    # and an edit of the engine re-runs the attribution chunks (the control)
+    engine = code / "memaudit" / "attribution" / "engine.py"
+    engine.write_text(engine.read_text() + "\n# an edit\n")
+    jobs = planned(snakemake(*args, workdir=run, overlays=(QUICK,)))
+    assert "attribute_tokens" in jobs and not (UPSTREAM | SCORING) & set(jobs), sorted(jobs)

@@ -1,4 +1,5 @@
-# Config validation and input functions only.
+# Config validation first (schema, then paths, then every Spec), then input functions.
+import math
 import sys
 from pathlib import Path
 
@@ -6,16 +7,31 @@ REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))
 
 from snakemake.exceptions import WorkflowError
+from snakemake.utils import update_config
 
-from memaudit.config import ConfigError, check_paths, load_schema, validate_config
+from memaudit.attribution.spec import AttributionSpec
+from memaudit.config import (
+    ConfigError,
+    check_paths,
+    coerce_cli_config,
+    config_schema,
+    validate_config,
+)
+from memaudit.copy_detection.spec import EmbeddingSpec
+from memaudit.corpus.spec import CorpusSpec
+from memaudit.mitigation.spec import MitigationSpec
+from memaudit.model.spec import TrainSpec
+from memaudit.model.weights import check_model_config
 from memaudit.provenance import script_code_version
+from memaudit.scoring.spec import ScoringSpec
+from memaudit.text import compile_markers
 
 try:
-    config.update(
-        validate_config(
-            config, load_schema(REPO / "workflow/schemas/config.schema.yaml")
-        )
-    )
+    # Snakemake reads nested --config values as strings ('threshold={percentile: 95}' gives
+    # '95'): give them the schema's types before validating.
+    cli = coerce_cli_config(workflow.config_settings.config or {}, config_schema())
+    update_config(config, cli)
+    config.update(validate_config(config, config_schema()))
     copies = config["copy_detection"]
     check_paths(
         {
@@ -50,6 +66,27 @@ try:
             "invalid configuration:\n  config: key 'model.kind': the demo model is trained "
             "on the demo corpus, so it needs demo.enabled: true (or choose radedit/diffusers)"
         )
+    model_problems = check_model_config(
+        config["model"],
+        produced=["results/model/demo"] if config["demo"]["enabled"] else [],
+    )
+    if model_problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(model_problems))
+    threshold = config["threshold"]
+    if threshold["method"] == "value" and not (
+        threshold["value"] is not None and math.isfinite(threshold["value"])
+    ):
+        raise ConfigError(
+            "invalid configuration:\n  config: key 'threshold.value': threshold.method is "
+            f"value, so threshold.value must be a finite number (it is {threshold['value']})"
+        )
+    for i, marker in enumerate(config["reports"]["markers"]):
+        try:
+            compile_markers([marker])
+        except ValueError as error:
+            raise ConfigError(
+                f"invalid configuration:\n  config: key 'reports.markers[{i}]': {error}"
+            ) from None
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
@@ -64,9 +101,14 @@ def code_of(script):
     return script_code_version(REPO / "workflow/scripts" / f"{script}.py")
 
 
+# Which config keys reach which rule: each Spec class names the keys of its block that change
+# none of its outputs, so a key that changes nothing re-runs nothing.
+
+
 def demo_spec():
     """The demo corpus parameters without the on/off switch."""
-    return {k: v for k, v in config["demo"].items() if k != "enabled"}
+    block = config["demo"]
+    return {k: v for k, v in block.items() if k not in CorpusSpec.WORKFLOW_KEYS}
 
 
 def get_reports_input():
@@ -80,7 +122,8 @@ def get_metadata_input():
 
 def scoring_spec():
     """The scoring settings that change scores (the chunk count changes none)."""
-    return {k: v for k, v in config["scoring"].items() if k != "chunks"}
+    block = config["scoring"]
+    return {k: v for k, v in block.items() if k not in ScoringSpec.WORKFLOW_KEYS}
 
 
 def get_model_input():
@@ -90,36 +133,27 @@ def get_model_input():
 
 def attribution_scoring():
     """The scoring settings of the attribution trajectory (its window is attribution's)."""
-    return {k: v for k, v in config["scoring"].items() if k not in ("chunks", "window")}
+    dropped = ScoringSpec.WORKFLOW_KEYS | AttributionSpec.REPLACED_SCORING_KEYS
+    return {k: v for k, v in config["scoring"].items() if k not in dropped}
 
 
 def attribution_gpu_spec():
     """The attribution settings that change the chunk outputs (window, batching)."""
-    return {k: config["attribution"][k] for k in ("window", "batch_size")}
-
-
-MITIGATION_NOT_GENERATION = (
-    "prompts",
-    "sample_size",
-    "include_planted",
-    "chunks",
-    "bootstrap",
-)
+    return {k: config["attribution"][k] for k in AttributionSpec.ENGINE_KEYS}
 
 
 def mitigation_generation_spec():
     """The mitigation settings that change images (selection, chunks and bootstrap do not:
     the selected prompts reach generation as an input file)."""
     block = config["mitigation"]
-    return {k: v for k, v in block.items() if k not in MITIGATION_NOT_GENERATION}
+    return {
+        k: v for k, v in block.items() if k not in MitigationSpec.NON_GENERATION_KEYS
+    }
 
 
 def mitigation_selection_spec():
     """The mitigation settings that decide which prompts are mitigated."""
-    return {
-        k: config["mitigation"][k]
-        for k in ("prompts", "sample_size", "include_planted", "seed")
-    }
+    return {k: config["mitigation"][k] for k in MitigationSpec.SELECTION_PARAMS}
 
 
 def copy_detection_enabled():
@@ -130,12 +164,39 @@ def copy_detection_enabled():
 def copy_embedding_spec():
     """The copy-detection settings that change embeddings (not the threshold choice)."""
     block = config["copy_detection"]
-    return {k: v for k, v in block.items() if k not in ("percentile", "threshold")}
+    return {k: v for k, v in block.items() if k not in EmbeddingSpec.THRESHOLD_KEYS}
+
+
+def check_specs():
+    """Build every Spec of the run from the rules' params, so that a setting the schema
+    cannot check (a window beyond the steps, a corpus too small for its planted copies)
+    fails here, before any job, not inside its job (a GPU job, for scoring)."""
+    ScoringSpec.from_dict(scoring_spec())
+    AttributionSpec.from_dict(config["attribution"]).scoring_spec(attribution_scoring())
+    MitigationSpec.from_dict(mitigation_generation_spec())
+    EmbeddingSpec.from_config(copy_embedding_spec())
+    if config["demo"]["enabled"]:
+        CorpusSpec.from_dict(demo_spec())
+    if config["model"]["kind"] == "demo":
+        # train_demo_model trains at the corpus image size.
+        train = {**config["train"], "image_size": config["demo"]["image_size"]}
+        TrainSpec.from_dict(train)
+
+
+try:
+    check_specs()
+except ValueError as error:
+    raise WorkflowError(f"invalid configuration:\n  config: {error}") from None
 
 
 def get_demo_truth():
     """The demo's planted captions (demo runs only)."""
     return ["results/demo/corpus/truth.parquet"] if config["demo"]["enabled"] else []
+
+
+def get_demo_detection():
+    """Detection against the demo's planted truth (demo runs only)."""
+    return ["results/evaluation/detection.json"] if config["demo"]["enabled"] else []
 
 
 def get_training_image_inputs(wildcards=None):
@@ -209,11 +270,12 @@ def get_final_outputs():
     ]
     if config["model"]["kind"] == "demo":
         outputs += [
+            "results/model/training_curve.png",
             "results/model/generations.png",
             "results/model/memorization_check.json",
         ]
     if config["demo"]["enabled"]:
-        outputs += ["results/evaluation/detection.json"]
+        outputs += get_demo_detection() + ["results/evaluation/per_step_auc.png"]
     outputs += [
         "results/attribution/summary.json",
         "results/figures/fig3_token_attribution.png",
@@ -224,5 +286,38 @@ def get_final_outputs():
         "results/figures/fig4_mitigation_grid.png",
         "results/figures/mitigation_diversity.png",
     ]
-    outputs += ["results/share/README.md"]
+    outputs += ["results/share/README.md", "results/report/summary.md"]
     return outputs
+
+
+def get_share_secret():
+    """The audit secret that keys the share bundle's ids: share.secret_file, else the one
+    make_share_secret creates once under results/share_secret/. Never inside results/share/.
+    """
+    given = config["share"]["secret_file"]
+    path = given or "results/share_secret/audit.key"
+    problem = None
+    if Path(path).resolve().is_relative_to(Path("results/share").resolve()):
+        problem = "lies inside results/share/, the folder meant for publication"
+    elif given and not Path(given).is_file():
+        problem = "does not exist (or is not a file)"
+    if problem:
+        raise WorkflowError(
+            f"invalid configuration:\n  config: key 'share.secret_file': path '{path}' {problem}"
+        )
+    return path
+
+
+def get_reports_fingerprint(wildcards):
+    """params of extract_prompts: names, sizes and mtimes of the files of a report folder, so
+    that adding or editing a report deep inside re-runs the stage. Empty for a file input
+    (its own mtime is tracked) and for the demo corpus (tracked through make_demo_corpus).
+    """
+    from memaudit.prompts.sources import folder_fingerprint
+
+    path = config["reports"]["path"]
+    if config["demo"]["enabled"] and Path(path) == Path(
+        rules.make_demo_corpus.output.files
+    ):
+        return ""
+    return folder_fingerprint(path)

@@ -9,12 +9,6 @@ rule evaluate_detection:
             category="4. Detection vs ground truth",
         ),
         per_step="results/evaluation/per_step_auc.parquet",
-        png=report(
-            "results/evaluation/per_step_auc.png",
-            caption="../report/per_step_auc.rst",
-            category="4. Detection vs ground truth",
-        ),
-        pdf="results/evaluation/per_step_auc.pdf",
     log:
         "logs/evaluate_detection.log",
     conda:
@@ -24,3 +18,23 @@ rule evaluate_detection:
         top_k=config["evaluation"]["top_k"],
     script:
         "../scripts/evaluate_detection.py"
+
+
+rule plot_per_step_auc:
+    input:
+        per_step="results/evaluation/per_step_auc.parquet",
+    output:
+        png=report(
+            "results/evaluation/per_step_auc.png",
+            caption="../report/per_step_auc.rst",
+            category="4. Detection vs ground truth",
+        ),
+        pdf="results/evaluation/per_step_auc.pdf",
+    log:
+        "logs/plot_per_step_auc.log",
+    conda:
+        "../../envs/core.yaml"
+    params:
+        code=code_of("plot_per_step_auc"),
+    script:
+        "../scripts/plot_per_step_auc.py"

@@ -64,7 +64,7 @@ rule gather_mitigations:
     log:
         "logs/gather_mitigations.log",
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/core.yaml"
     params:
         code=code_of("gather_mitigations"),
     script:
@@ -124,7 +124,7 @@ rule plot_mitigation_grid:
     log:
         "logs/plot_mitigation_grid.log",
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/core.yaml"
     params:
         code=code_of("plot_mitigation_grid"),
         strategies=config["mitigation"]["strategies"],
@@ -149,7 +149,7 @@ rule plot_mitigation_diversity:
     log:
         "logs/plot_mitigation_diversity.log",
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/core.yaml"
     params:
         code=code_of("plot_mitigation_diversity"),
         strategies=config["mitigation"]["strategies"],

@@ -1,15 +1,14 @@
+# Two rules, so that scoring re-runs only when prompt texts can change: extract_prompts reads
+# the reports (its params hold every setting that changes a text), count_markers adds the
+# marker flags and the summary (markers and top_n change no text, and no score).
 rule extract_prompts:
     input:
         reports=get_reports_input(),
         metadata=get_metadata_input(),
     output:
-        prompts="results/prompts/prompts.parquet",
+        texts="results/prompts/texts.parquet",
         report_map="results/prompts/report_map.parquet",
-        summary=report(
-            "results/prompts/summary.json",
-            caption="../report/prompt_summary.rst",
-            category="1. Prompts",
-        ),
+        reading="results/prompts/reading.json",
     log:
         "logs/extract_prompts.log",
     benchmark:
@@ -18,9 +17,36 @@ rule extract_prompts:
         "../../envs/core.yaml"
     params:
         code=code_of("extract_prompts"),
-        reports=config["reports"],
+        reports={
+            k: v for k, v in config["reports"].items() if k not in ("markers", "top_n")
+        },
+        # snakemake sees a report folder's own mtime only, not a report edited deep inside
+        fingerprint=get_reports_fingerprint,
     script:
         "../scripts/extract_prompts.py"
+
+
+rule count_markers:
+    input:
+        texts="results/prompts/texts.parquet",
+        reading="results/prompts/reading.json",
+    output:
+        prompts="results/prompts/prompts.parquet",
+        summary=report(
+            "results/prompts/summary.json",
+            caption="../report/prompt_summary.rst",
+            category="1. Prompts",
+        ),
+    log:
+        "logs/count_markers.log",
+    conda:
+        "../../envs/core.yaml"
+    params:
+        code=code_of("count_markers"),
+        markers=config["reports"]["markers"],
+        top_n=config["reports"]["top_n"],
+    script:
+        "../scripts/count_markers.py"
 
 
 rule plot_prompt_frequency:

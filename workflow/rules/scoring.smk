@@ -4,7 +4,8 @@ scattergather:
 
 rule score_chunk:
     input:
-        prompts="results/prompts/prompts.parquet",
+        # the texts alone: marker settings change no score
+        prompts="results/prompts/texts.parquet",
         model=get_model_input(),
     output:
         scores="results/scoring/chunks/{scatteritem}.parquet",
@@ -29,7 +30,7 @@ rule score_chunk:
 rule gather_scores:
     input:
         chunks=gather.score("results/scoring/chunks/{scatteritem}.parquet"),
-        prompts="results/prompts/prompts.parquet",
+        prompts="results/prompts/texts.parquet",
     output:
         scores="results/scoring/scores.parquet",
     log:

@@ -11,19 +11,21 @@ import numpy as np
 import pandas as pd
 import torch
 
+from memaudit.atomic import atomic_parquet, atomic_write
+from memaudit.model.artifacts import write_generations
 from memaudit.model.check import check_memorization
 from memaudit.model.loading import load_model
 from memaudit.model.training import demo_training_pairs
 
 torch.set_num_threads(snakemake.threads)
-inputs = snakemake.input
+inputs, outputs = snakemake.input, snakemake.output
 captions, images = demo_training_pairs(
     pd.read_parquet(inputs.studies),
     pd.read_parquet(inputs.report_map),
     pd.read_parquet(inputs.prompts),
     np.load(inputs.images),
 )
-summary, table = check_memorization(
+summary, table, generations = check_memorization(
     load_model({"kind": "demo", "path": inputs.model}),
     pd.read_parquet(inputs.truth),
     captions,
@@ -31,6 +33,8 @@ summary, table = check_memorization(
     steps=snakemake.params.steps,
     guidance=snakemake.params.guidance,
 )
-table.to_parquet(snakemake.output.table, index=False)
-Path(snakemake.output.summary).write_text(json.dumps(summary, indent=2) + "\n")
-print(json.dumps(summary, indent=2))
+atomic_parquet(table, outputs.table)
+write_generations(generations, outputs.generations, outputs.index)
+text = json.dumps(summary, indent=2) + "\n"
+atomic_write(outputs.summary, lambda handle: handle.write(text.encode()))
+print(text, end="")

@@ -9,8 +9,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 
 import pandas as pd
 
+from memaudit.atomic import write_atomically
 from memaudit.evaluation.detection import evaluate_truth
-from memaudit.evaluation.figures import plot_per_step_auc
 
 scores = pd.read_parquet(snakemake.input.scores)
 metrics, per_step = evaluate_truth(
@@ -20,7 +20,5 @@ metrics, per_step = evaluate_truth(
     n_steps=int(scores["n_steps"].iloc[0]),
     top_k=snakemake.params.top_k,
 )
-per_step.to_parquet(snakemake.output.per_step, index=False)
-plot_per_step_auc(per_step, snakemake.output.png)
-Path(snakemake.output.metrics).write_text(json.dumps(metrics, indent=2) + "\n")
+write_atomically({snakemake.output.per_step: per_step, snakemake.output.metrics: metrics})
 print(json.dumps(metrics, indent=2))

@@ -12,7 +12,11 @@ import torch
 
 from memaudit.atomic import write_atomically
 from memaudit.copy_detection.reference import CopyReference
-from memaudit.mitigation.evaluation import evaluate_generations, summarize, summary_document
+from memaudit.mitigation.evaluation import (
+    evaluate_generations,
+    summarize_strategies,
+    summary_document,
+)
 
 torch.set_num_threads(snakemake.threads)
 params = snakemake.params
@@ -34,7 +38,9 @@ evaluation = evaluate_generations(
     progress=sys.stderr,
 )
 threshold = json.loads(Path(snakemake.input.threshold).read_text())["threshold"]
-summary = summarize(evaluation, params.strategies, params.bootstrap, params.seed, threshold)
+summary = summarize_strategies(
+    evaluation, params.strategies, params.bootstrap, params.seed, threshold
+)
 document = summary_document(
     summary,
     evaluation,

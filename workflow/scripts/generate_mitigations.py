@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 import pandas as pd
 import torch
 
+from memaudit.atomic import write_atomically
 from memaudit.mitigation.generation import generate_chunk
 from memaudit.mitigation.spec import MitigationSpec
 from memaudit.model.loading import load_model
@@ -31,5 +32,5 @@ stats = generate_chunk(
     snakemake.output.index,
     progress=sys.stderr,
 )
-Path(snakemake.output.stats).write_text(json.dumps(stats, indent=2, default=str) + "\n")
+write_atomically({snakemake.output.stats: stats})
 print(json.dumps(stats, indent=2, default=str))

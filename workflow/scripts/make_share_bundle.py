@@ -9,9 +9,10 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 
 import pandas as pd
 
-from memaudit.share import build_share_bundle
+from memaudit.share import build_share_bundle, read_secret
 
 inputs = snakemake.input
+share = snakemake.params.share
 named = set(inputs.keys())  # a Namedlist: `in` alone would test its values
 stages = ["prompts", "threshold", "attribution", "mitigation"]
 stages += ["detection"] if "detection" in named else []  # the demo's planted truth only
@@ -22,9 +23,11 @@ written = build_share_bundle(
     ranked=pd.read_parquet(inputs.ranked),
     report_map=pd.read_parquet(inputs.report_map),
     stage_summaries=summaries,
+    secret=read_secret(inputs.secret),
     word_types=pd.read_parquet(inputs.word_types),
     figures=list(inputs.figures),
-    min_word_prompts=snakemake.params.share["min_word_prompts"],
-    min_words=snakemake.params.share["leak_check_words"],
+    min_word_prompts=share["min_word_prompts"],
+    min_words=share["leak_check_words"],
+    study_ids=share["study_ids"],
 )
 print(json.dumps(written, indent=2))

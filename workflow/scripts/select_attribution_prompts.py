@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 import pandas as pd
 
 from memaudit.atomic import write_atomically
-from memaudit.attribution.selection import select_prompts
+from memaudit.selection import select_prompts
 
 truth = list(snakemake.input.truth)
 table, counts = select_prompts(

@@ -9,33 +9,38 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 
 import pandas as pd
 
-from memaudit.mitigation.selection import select_prompts
+from memaudit.atomic import atomic_write, write_atomically
+from memaudit.mitigation.spec import SELECTION_MODES
 from memaudit.mitigation.strategies import corpus_vocabulary
+from memaudit.selection import select_prompts
 
 selection = snakemake.params.selection
 markers = list(snakemake.params.markers)
 truth = list(snakemake.input.truth)
-prompts = select_prompts(
+if selection["prompts"] not in SELECTION_MODES:
+    raise ValueError(f"mitigation.prompts must be one of {list(SELECTION_MODES)}")
+prompts, counts = select_prompts(
     pd.read_parquet(snakemake.input.memorized),
-    markers,
-    mode=selection["prompts"],
+    pd.read_parquet(snakemake.input.ranked),
+    pd.read_parquet(truth[0]) if truth else None,
+    include_planted=selection["include_planted"],
+    markers=markers,
+    require_marker=selection["prompts"] == "marker_memorized",
     sample_size=selection["sample_size"],
     seed=selection["seed"],
-    truth=pd.read_parquet(truth[0]) if truth else None,
-    include_planted=selection["include_planted"],
-    ranked=pd.read_parquet(snakemake.input.ranked),
 )
 vocabulary = corpus_vocabulary(
     pd.read_parquet(snakemake.input.prompts, columns=["text"])["text"], markers
 )
-prompts.to_parquet(snakemake.output.prompts, index=False)
-Path(snakemake.output.vocabulary).write_text("".join(f"{w}\n" for w in vocabulary))
+vocabulary_text = "".join(f"{w}\n" for w in vocabulary).encode("utf-8")
+atomic_write(snakemake.output.vocabulary, lambda handle: handle.write(vocabulary_text))
 summary = {
     "selection": selection,
     "n_prompts": len(prompts),
-    "reasons": {k: int(v) for k, v in prompts["reason"].value_counts().items()},
-    "with_marker": int(prompts["has_marker"].sum()),
+    "reasons": counts["by_reason"],
+    "with_marker": counts["with_marker"],
+    "planted_missing": counts["planted_missing"],
     "vocabulary_size": len(vocabulary),
 }
-Path(snakemake.output.summary).write_text(json.dumps(summary, indent=2) + "\n")
+write_atomically({snakemake.output.prompts: prompts, snakemake.output.summary: summary})
 print(json.dumps(summary, indent=2))

@@ -11,14 +11,14 @@ import pandas as pd
 
 from memaudit.atomic import write_atomically
 from memaudit.attribution.spec import AttributionSpec
-from memaudit.attribution.statistics import summarize, word_type_table
+from memaudit.attribution.statistics import summarize_attribution, word_type_table
 
 spec = AttributionSpec.from_dict(snakemake.params.attribution)
 words = pd.read_parquet(snakemake.input.words)
 occlusion = pd.read_parquet(snakemake.input.occlusion)
 prompts = pd.read_parquet(snakemake.input.prompts)
 word_types = word_type_table(words, occlusion, prompts, spec)
-summary = summarize(
+summary = summarize_attribution(
     words,
     occlusion,
     prompts,

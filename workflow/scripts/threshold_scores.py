@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
 
 import pandas as pd
 
+from memaudit.atomic import write_atomically
 from memaudit.threshold.cutoff import threshold_scores
 from memaudit.threshold.enrichment import marker_enrichment
 
@@ -22,7 +23,11 @@ table, threshold = threshold_scores(
     value=cfg["value"],
 )
 stats = {"method": cfg, "threshold": threshold, **marker_enrichment(table)}
-table.to_parquet(snakemake.output.ranked, index=False)
-table[table["memorized"]].to_parquet(snakemake.output.memorized, index=False)
-Path(snakemake.output.stats).write_text(json.dumps(stats, indent=2) + "\n")
+write_atomically(
+    {
+        snakemake.output.ranked: table,
+        snakemake.output.memorized: table[table["memorized"]],
+        snakemake.output.stats: stats,
+    }
+)
 print(json.dumps(stats, indent=2))

@@ -1,4 +1,5 @@
-"""Rule train_demo_model: train the demo model organism on the demo corpus and draw it."""
+"""Rule train_demo_model: train the demo model organism on the demo corpus (no figures: the
+plot rules draw what it saves)."""
 
 import json
 import sys
@@ -11,19 +12,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from memaudit.model.check import grid_examples
-from memaudit.model.figures import plot_generation_grid, plot_training_curve
-from memaudit.model.loading import load_model
-from memaudit.model.training import TrainSpec, demo_training_pairs, load_losses, train_demo_model
+from memaudit.model.spec import TrainSpec
+from memaudit.model.training import demo_training_pairs, train_demo_model
 
 torch.set_num_threads(snakemake.threads)
 inputs = snakemake.input
-prompts = pd.read_parquet(inputs.prompts)
-images = np.load(inputs.images)
 captions, pair_images = demo_training_pairs(
-    pd.read_parquet(inputs.studies), pd.read_parquet(inputs.report_map), prompts, images
+    pd.read_parquet(inputs.studies),
+    pd.read_parquet(inputs.report_map),
+    pd.read_parquet(inputs.prompts),
+    np.load(inputs.images),
 )
-card = train_demo_model(
+train_demo_model(
     captions,
     pair_images,
     # the model's image side follows the corpus (demo.image_size)
@@ -32,7 +32,3 @@ card = train_demo_model(
     corpus_hash=json.loads(Path(inputs.corpus).read_text())["sha256"],
     log=sys.stderr,
 )
-plot_training_curve(load_losses(snakemake.output.model), snakemake.output.curve)
-model = load_model({"kind": "demo", "path": snakemake.output.model}, device="cpu")
-texts, train_images, labels = grid_examples(pd.read_parquet(inputs.truth), captions, pair_images)
-plot_generation_grid(model, texts, train_images, snakemake.output.grid, labels=labels)

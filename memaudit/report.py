@@ -1,0 +1,425 @@
+"""The report stage: what the audit found, on one page, in numbers and word types.
+
+:func:`audit_summary` reads the summaries the stages write — their JSON shapes are the
+contracts: ``extract_prompts``' ``summary.json``, ``threshold.json``
+(:func:`memaudit.threshold.enrichment.marker_enrichment`), ``detection.json``
+(:func:`memaudit.evaluation.detection.evaluate_truth`), attribution's ``summary.json``
+(:func:`memaudit.attribution.statistics.summarize_attribution`) and mitigation's ``summary.json``
+(:func:`memaudit.mitigation.evaluation.summary_document`) — and :func:`summary_markdown` writes
+the page ``make demo`` prints and the HTML report opens with.
+
+The page is shown beside figures that draw report text, but it must itself be safe to paste
+anywhere: it copies no string of the inputs except strategy names, the threshold method and
+word types, and a word type only when it occurs in at least ``min_word_prompts`` distinct
+prompts (the share bundle's rule, so a rare word such as a leaked name never appears).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from memaudit.atomic import json_safe
+from memaudit.attribution.statistics import MARKER_TYPE, TRIGGER_TYPE
+from memaudit.share import shareable_word_types
+
+#: Where each summary comes from, for error messages and the page's closing lines.
+SOURCES = {
+    "prompts": "results/prompts/summary.json",
+    "threshold": "results/threshold/threshold.json",
+    "detection": "results/evaluation/detection.json",
+    "attribution": "results/attribution/summary.json",
+    "mitigation": "results/mitigation/summary.json",
+}
+WHERE = {
+    "html_report": "results/report.html",
+    "summary": "results/report/summary.md",
+    "summary_json": "results/report/summary.json",
+    "share_bundle": "results/share/",
+}
+POOLED_TYPES = {MARKER_TYPE: "de-identification marker", TRIGGER_TYPE: "planted trigger word"}
+DETECTION_WINDOWS = {
+    "configured": "configured window (d_mem)",
+    "first_step": "first step only",
+    "all_steps": "all steps",
+}
+NA = "n/a"
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers
+# --------------------------------------------------------------------------------------------
+
+
+def _get(document: Mapping[str, Any], stage: str, *keys: str) -> Any:
+    """``document[k1][k2]...``, or a ValueError naming the stage's file and the key."""
+    value: Any = document
+    for depth, key in enumerate(keys):
+        if not isinstance(value, Mapping) or key not in value:
+            path = ".".join(keys[: depth + 1])
+            raise ValueError(f"{SOURCES[stage]} has no key {path!r} (is it from this memaudit?)")
+        value = value[key]
+    return value
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for None, NaN, infinities and non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _interval(pair: Any) -> list[float | None]:
+    """A two-item [low, high] list (Nones when the input has no such pair)."""
+    if isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) == 2:
+        return [_number(pair[0]), _number(pair[1])]
+    return [None, None]
+
+
+def interval_verdict(
+    low: Any, high: Any, null: float, above: str, below: str, neither: str = "no clear change"
+) -> str:
+    """``above`` when the 95 % interval lies above ``null``, ``below`` when under it,
+    ``neither`` when it holds ``null``, n/a when an end is missing."""
+    low, high = _number(low), _number(high)
+    if low is None or high is None:
+        return NA
+    if low > null:
+        return above
+    if high < null:
+        return below
+    return neither
+
+
+def prompt_counts(prompts: Mapping[str, Any], threshold: Mapping[str, Any]) -> dict[str, Any]:
+    """Reports read, prompts scored and flagged, and the threshold that flagged them."""
+    scored = _get(threshold, "threshold", "n_prompts")
+    flagged = _get(threshold, "threshold", "n_memorized")
+    method = _get(threshold, "threshold", "method")
+    name = method.get("method") if isinstance(method, Mapping) else None
+    setting = {"percentile": "percentile", "zscore": "z"}.get(str(name))
+    return {
+        "reports_read": _get(prompts, "prompts", "reports_read"),
+        "reports_used": _get(prompts, "prompts", "reports_used"),
+        "unique_prompts": _get(prompts, "prompts", "unique_prompts"),
+        "prompts_with_marker": _get(prompts, "prompts", "prompts_with_marker"),
+        "scored": scored,
+        "flagged": flagged,
+        "flagged_share": flagged / scored if scored else None,
+        "threshold": _number(_get(threshold, "threshold", "threshold")),
+        "threshold_method": name,
+        "threshold_setting": method.get(setting) if setting else None,
+    }
+
+
+def enrichment_numbers(threshold: Mapping[str, Any]) -> dict[str, Any]:
+    """Finding 2: marker shares among flagged prompts and the rest, odds ratio, CI, p."""
+    ci = _interval(_get(threshold, "threshold", "odds_ratio_ci95"))
+    return {
+        "share_marker_flagged": _number(_get(threshold, "threshold", "share_marker_memorized")),
+        "share_marker_rest": _number(_get(threshold, "threshold", "share_marker_rest")),
+        "odds_ratio": _number(_get(threshold, "threshold", "odds_ratio")),
+        "odds_ratio_ci95": ci,
+        "fisher_p": _number(_get(threshold, "threshold", "fisher_p")),
+        "haldane_corrected": bool(threshold.get("haldane_corrected", False)),
+        "verdict": interval_verdict(*ci, 1.0, "enriched", "depleted", "no clear enrichment"),
+    }
+
+
+def top_word_types(
+    attribution: Mapping[str, Any],
+    prompt_texts: Iterable[str],
+    min_word_prompts: int,
+    n_types: int = 5,
+) -> dict[str, Any]:
+    """Finding 3: the word types of memorized prompts most often ranked first (gradient).
+
+    Ordered by top-1 rate, then mean rank; the pooled marker and trigger labels are always
+    shown, other word types only when found in ``min_word_prompts`` distinct prompts of
+    ``prompt_texts``; how many were held back is counted. An empty attribution (no memorized
+    prompt) lists none.
+    """
+    rows = [] if attribution.get("empty") else _get(attribution, "attribution", "top_word_types")
+    listed = pd.DataFrame(list(rows), columns=["word_type", "n_prompts", "frac_top1", "mean_rank"])
+    listed["pooled"] = listed["word_type"].isin(list(POOLED_TYPES))
+    kept, withheld = shareable_word_types(
+        listed, prompt_texts, min_word_prompts, marker_column="pooled"
+    )
+    kept = kept.sort_values(
+        ["frac_top1", "mean_rank"], ascending=[False, True], na_position="last", kind="mergesort"
+    ).head(n_types)
+    marker = attribution.get("marker", {}).get("memorized", {}).get("gradient", {})
+    return {
+        "n_attributed": _get(attribution, "attribution", "n_prompts", "attributed"),
+        "method": "gradient",
+        "population": "memorized",
+        "types": [
+            {
+                "word_type": row.word_type,
+                "pooled": POOLED_TYPES.get(row.word_type),
+                "n_prompts": int(row.n_prompts),
+                "frac_top1": _number(row.frac_top1),
+                "mean_rank": _number(row.mean_rank),
+            }
+            for row in kept.itertuples(index=False)
+        ],
+        "n_withheld_rare": withheld,
+        "min_word_prompts": min_word_prompts,
+        "marker_position_by_top1": marker.get("position_among_types_by_top1"),
+        "n_types_listed": marker.get("n_types_listed"),
+    }
+
+
+def mitigation_numbers(mitigation: Mapping[str, Any]) -> dict[str, Any]:
+    """Finding 4 per strategy (all selected prompts): the paired diversity change vs the
+    original prompt with its 95 % CI and verdict, and the copy fraction with its CI."""
+    table = _get(mitigation, "mitigation", "strategies").get("all", {})
+    copies = mitigation.get("copy_detection", {})
+    strategies = []
+    for name, row in table.items():
+        change_ci = [row.get("diversity_change_ci_low"), row.get("diversity_change_ci_high")]
+        strategies.append(
+            {
+                "strategy": name,
+                "n_prompts": row.get("n_prompts"),
+                "diversity_mean": _number(row.get("diversity_mean")),
+                "diversity_change_mean": _number(row.get("diversity_change_mean")),
+                "diversity_change_ci95": _interval(change_ci),
+                "verdict": "baseline"
+                if name == "original"
+                else interval_verdict(*change_ci, 0.0, "raised", "lowered"),
+                "copy_rate": _number(row.get("copy_rate")),
+                "copy_rate_ci95": _interval(
+                    [row.get("copy_rate_ci_low"), row.get("copy_rate_ci_high")]
+                ),
+            }
+        )
+    return {
+        "n_prompts": _get(mitigation, "mitigation", "n_prompts"),
+        "copy_detection": isinstance(copies, Mapping) and "threshold" in copies,
+        "strategies": strategies,
+        "raised_diversity": [s["strategy"] for s in strategies if s["verdict"] == "raised"],
+    }
+
+
+def detection_numbers(detection: Mapping[str, Any]) -> dict[str, Any]:
+    """Demo only: AUC and TPR at 1 % FPR of d_mem against the planted truth, per window."""
+    windows = _get(detection, "detection", "windows")
+    return {
+        "n_prompts": detection.get("n_prompts"),
+        "n_planted_scored": detection.get("n_planted_scored"),
+        "windows": {
+            name: {
+                "auc": _number(windows[name].get("auc")),
+                "tpr_at_1pct_fpr": _number(windows[name].get("tpr_at_1pct_fpr")),
+            }
+            for name in DETECTION_WINDOWS
+            if name in windows
+        },
+    }
+
+
+def audit_summary(
+    prompts: Mapping[str, Any],
+    threshold: Mapping[str, Any],
+    attribution: Mapping[str, Any] | None = None,
+    mitigation: Mapping[str, Any] | None = None,
+    detection: Mapping[str, Any] | None = None,
+    prompt_texts: Iterable[str] = (),
+    min_word_prompts: int = 20,
+    n_word_types: int = 5,
+) -> dict[str, Any]:
+    """``summary.json``: the numbers of every stage that ran (None for a stage that did not:
+    detection outside the demo), and where the full report is."""
+    if min_word_prompts < 1:
+        raise ValueError(f"min_word_prompts must be >= 1, got {min_word_prompts}")
+    summary = {
+        "prompts": prompt_counts(prompts, threshold),
+        "enrichment": enrichment_numbers(threshold),
+        "attribution": None
+        if attribution is None
+        else top_word_types(attribution, prompt_texts, min_word_prompts, n_word_types),
+        "mitigation": None if mitigation is None else mitigation_numbers(mitigation),
+        "detection": None if detection is None else detection_numbers(detection),
+        "where": dict(WHERE),
+    }
+    return json_safe(summary)
+
+
+# --------------------------------------------------------------------------------------------
+# The page
+# --------------------------------------------------------------------------------------------
+
+
+def fmt(value: Any, spec: str = ".3g") -> str:
+    """``value`` formatted by ``spec``; n/a for None, NaN, infinities and non-numbers."""
+    number = _number(value)
+    if number is None:
+        return NA
+    if spec == ",":  # counts
+        return f"{round(number):,}"
+    return format(number, spec)
+
+
+def pct(value: Any) -> str:
+    """A share as a percentage with one decimal (n/a when missing)."""
+    number = _number(value)
+    return NA if number is None else f"{100 * number:.1f} %"
+
+
+def ci(pair: Sequence[Any], spec: str = ".3g", as_pct: bool = False) -> str:
+    """A 95 % interval as "low to high" (n/a when an end is missing)."""
+    low, high = _interval(pair)
+    if low is None or high is None:
+        return NA
+    show = pct if as_pct else (lambda v: fmt(v, spec))
+    return f"{show(low)} to {show(high)}"
+
+
+def _cell(text: str) -> str:
+    """A word type as a table cell: code-quoted, with the characters that break tables out."""
+    return "`" + text.replace("`", "'").replace("|", "/") + "`"
+
+
+def _prompt_lines(numbers: Mapping[str, Any], enrichment: Mapping[str, Any]) -> list[str]:
+    method = numbers["threshold_method"] or NA
+    setting = numbers["threshold_setting"]
+    rule = f"{method} {fmt(setting, 'g')}" if setting is not None else method
+    corrected = "; Haldane-corrected for an empty cell" if enrichment["haldane_corrected"] else ""
+    return [
+        f"- **Prompts scored:** {fmt(numbers['scored'], ',')} unique prompts (from "
+        f"{fmt(numbers['reports_read'], ',')} reports read, {fmt(numbers['reports_used'], ',')} "
+        f"used; {fmt(numbers['prompts_with_marker'], ',')} prompts carry a de-identification "
+        "marker).",
+        f"- **Flagged as memorized:** {fmt(numbers['flagged'], ',')} prompts "
+        f"({pct(numbers['flagged_share'])}), d_mem above {fmt(numbers['threshold'], '.4g')} "
+        f"(threshold: {rule}).",
+        f"- **Marker enrichment (finding 2):** {pct(enrichment['share_marker_flagged'])} of "
+        f"flagged prompts carry a marker vs {pct(enrichment['share_marker_rest'])} of the rest; "
+        f"odds ratio {fmt(enrichment['odds_ratio'])} (95 % CI "
+        f"{ci(enrichment['odds_ratio_ci95'])}{corrected}), Fisher's exact p = "
+        f"{fmt(enrichment['fisher_p'], '.2g')}: **{_enrichment_words(enrichment['verdict'])}**.",
+    ]
+
+
+def _enrichment_words(verdict: str) -> str:
+    return {
+        "enriched": "markers are over-represented among flagged prompts (CI above 1)",
+        "depleted": "markers are under-represented among flagged prompts (CI below 1)",
+        "no clear enrichment": "no clear enrichment (the CI includes 1)",
+    }.get(verdict, "enrichment not estimable")
+
+
+def _attribution_lines(attribution: Mapping[str, Any] | None) -> list[str]:
+    if attribution is None:
+        return ["", "## Top attributed word types (finding 3)", "", "Attribution did not run."]
+    lines = ["", "## Top attributed word types (finding 3)", ""]
+    if not attribution["types"]:
+        n = fmt(attribution["n_attributed"], ",")
+        return [*lines, f"No word type to show ({n} prompts attributed)."]
+    lines += [
+        f"Gradient attribution ({fmt(attribution['n_attributed'], ',')} prompts attributed): "
+        "the word types of memorized prompts that are most often the most significant word "
+        "(ties: lower mean rank first).",
+        "",
+        "| word type | prompts | ranked first | mean rank |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for row in attribution["types"]:
+        label = _cell(row["word_type"]) + (f" ({row['pooled']})" if row["pooled"] else "")
+        lines.append(
+            f"| {label} | {fmt(row['n_prompts'], ',')} | {pct(row['frac_top1'])} | "
+            f"{fmt(row['mean_rank'], '.1f')} |"
+        )
+    position = attribution.get("marker_position_by_top1")
+    if position is not None:
+        lines += [
+            "",
+            f"The marker is word type {position} of {fmt(attribution['n_types_listed'], ',')} "
+            "listed by top-1 rate.",
+        ]
+    if attribution["n_withheld_rare"]:
+        lines += [
+            "",
+            f"Not shown: {attribution['n_withheld_rare']} word type(s) found in fewer than "
+            f"{attribution['min_word_prompts']} prompts (a rare word can identify a report).",
+        ]
+    return lines
+
+
+def _mitigation_lines(mitigation: Mapping[str, Any] | None) -> list[str]:
+    head = ["", "## Mitigations (finding 4)", ""]
+    if mitigation is None:
+        return [*head, "Mitigation did not run."]
+    if not mitigation["strategies"]:
+        return [*head, "No prompt was selected for mitigation."]
+    raised = ", ".join(f"`{s}`" for s in mitigation["raised_diversity"]) or "none"
+    copy_note = "" if mitigation["copy_detection"] else " (copy detection skipped: n/a)"
+    lines = [
+        *head,
+        f"{fmt(mitigation['n_prompts'], ',')} prompts. Strategies whose paired diversity "
+        f"change vs the original has a 95 % CI above 0: **{raised}**. Copy fraction = share "
+        f"of generations whose nearest training image counts as copied{copy_note}.",
+        "",
+        "| strategy | diversity | change vs original (95 % CI) | verdict | copy fraction "
+        "(95 % CI) |",
+        "| --- | ---: | ---: | --- | ---: |",
+    ]
+    for row in mitigation["strategies"]:
+        change = (
+            f"{fmt(row['diversity_change_mean'], '+.4f')} "
+            f"({ci(row['diversity_change_ci95'], '+.4f')})"
+            if row["verdict"] != "baseline"
+            else "-"
+        )
+        copies = f"{pct(row['copy_rate'])} ({ci(row['copy_rate_ci95'], as_pct=True)})"
+        lines.append(
+            f"| `{row['strategy']}` | {fmt(row['diversity_mean'], '.4f')} | {change} | "
+            f"{row['verdict']} | {copies} |"
+        )
+    return lines
+
+
+def _detection_lines(detection: Mapping[str, Any] | None) -> list[str]:
+    if detection is None:
+        return []
+    lines = [
+        "",
+        "## Detection against the planted truth (demo)",
+        "",
+        f"{fmt(detection['n_planted_scored'], ',')} planted prompts among "
+        f"{fmt(detection['n_prompts'], ',')} scored.",
+        "",
+        "| window | AUC | TPR at 1 % FPR |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, row in detection["windows"].items():
+        lines.append(
+            f"| {DETECTION_WINDOWS[name]} | {fmt(row['auc'], '.4f')} | "
+            f"{fmt(row['tpr_at_1pct_fpr'], '.2f')} |"
+        )
+    return lines
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> str:
+    """``summary.md`` from :func:`audit_summary`'s document: numbers and word types only."""
+    where = summary["where"]
+    lines = [
+        "# Audit summary",
+        "",
+        *_prompt_lines(summary["prompts"], summary["enrichment"]),
+        *_attribution_lines(summary["attribution"]),
+        *_mitigation_lines(summary["mitigation"]),
+        *_detection_lines(summary["detection"]),
+        "",
+        "## Where the report is",
+        "",
+        f"- HTML report with every figure and table: `{where['html_report']}` (`make report`; "
+        "it shows report text: keep it inside the credentialed group).",
+        f"- This page: `{where['summary']}`; its numbers: `{where['summary_json']}`.",
+        f"- Shareable numbers without report text: `{where['share_bundle']}`.",
+    ]
+    return "\n".join(lines) + "\n"

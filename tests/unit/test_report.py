@@ -1,0 +1,257 @@
+"""Tests of the report stage: the audit summary from the stages' summaries, and its page."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from memaudit.atomic import json_text
+from memaudit.mitigation.evaluation import summarize_strategies, summary_document
+from memaudit.report import audit_summary, fmt, interval_verdict, pct, summary_markdown
+from memaudit.share import find_text_leaks
+from memaudit.threshold.enrichment import marker_enrichment
+
+# Prompts of the crafted audit: "effusion" and "pleural" are common (in 30 prompts), the
+# name-like "zebrowski" is in one, as a leaked name would be.
+COMMON = [f"small right pleural effusion number {i}" for i in range(30)]
+RARE = "seen by dr zebrowski today"
+TEXTS = [*COMMON, RARE, "no acute cardiopulmonary process"]
+
+
+def _prompts_summary() -> dict:
+    """The shape of extract_prompts' summary.json, report text included where it has some."""
+    return {
+        "source": "results/demo/corpus/files",
+        "reports_read": 1200,
+        "reports_used": 1190,
+        "skipped": {"empty": 10},
+        "skipped_examples": {"empty": ["files/p10/s1.txt"]},
+        "unique_prompts": 1000,
+        "prompts_with_marker": 96,
+        "most_repeated": [{"prompt_id": "ab", "text": TEXTS[-1], "n_reports": 300}],
+    }
+
+
+def _threshold() -> dict:
+    """threshold.json as threshold_scores writes it: a = 6, b = 4, c = 90, d = 900."""
+    memorized = np.array([True] * 10 + [False] * 990)
+    marker = np.array([True] * 6 + [False] * 4 + [True] * 90 + [False] * 900)
+    stats = marker_enrichment(pd.DataFrame({"memorized": memorized, "has_marker": marker}))
+    method = {"method": "percentile", "percentile": 99, "z": 3, "value": None}
+    return json.loads(json_text({"method": method, "threshold": 0.925, **stats}))
+
+
+def _attribution() -> dict:
+    """The keys of attribution's summary.json that the report reads (summarize_attribution)."""
+    types = [  # as summarize lists them: marker group first, then words by top-1 rate
+        {"word_type": "<marker>", "n_prompts": 6, "frac_top1": 0.5, "mean_rank": 1.8},
+        {"word_type": "zebrowski", "n_prompts": 3, "frac_top1": 0.9, "mean_rank": 1.1},
+        {"word_type": "effusion", "n_prompts": 5, "frac_top1": 0.2, "mean_rank": 2.5},
+        {"word_type": "pleural", "n_prompts": 5, "frac_top1": 0.6, "mean_rank": 3.0},
+    ]
+    return {
+        "n_prompts": {"attributed": 10, "memorized": 10, "planted": 0},
+        "empty": False,
+        "marker": {
+            "memorized": {
+                "gradient": {"position_among_types_by_top1": 2, "n_types_listed": 4},
+            }
+        },
+        "top_word_types": [{**t, "mean_share": 0.1} for t in types],
+    }
+
+
+def _mitigation(copies: bool = True) -> dict:
+    """mitigation's summary.json from summarize_strategies + summary_document on a crafted
+    evaluation:
+    rwa raises every prompt's diversity by 0.03, gni lowers it by 0.02, rna moves it +-0.01."""
+    n = 8
+    base = 0.05 + 0.001 * np.arange(n)
+    change = {"original": 0.0, "rwa": 0.03, "gni": -0.02}
+    rows = []
+    for strategy in ("original", "rwa", "gni", "rna"):
+        for i in range(n):
+            delta = change.get(strategy, 0.01 if i % 2 else -0.01)
+            rows.append(
+                {
+                    "prompt_id": f"p{i}",
+                    "strategy": strategy,
+                    "status": "generated",
+                    "reason": None,
+                    "diversity": base[i] + delta,
+                    "copy_rate": (0.5 if strategy == "original" else 0.125) if copies else math.nan,
+                    "d_mem": 1.0,
+                    "planted": False,
+                    "planted_copy_rate": math.nan,
+                    "planted_nearest_rate": math.nan,
+                    "max_similarity": 0.9,
+                }
+            )
+    evaluation = pd.DataFrame(rows)
+    strategies = ["original", "rwa", "gni", "rna"]
+    table = summarize_strategies(
+        evaluation, strategies, n_bootstrap=200, seed=0, memorization_threshold=0.9
+    )
+    selection = pd.DataFrame({"prompt_id": [f"p{i}" for i in range(n)], "reason": "memorized"})
+    stats = [{"generation_images": 256, "generation_seconds": 10.0, "device": "cpu"}]
+    doc = summary_document(table, evaluation, selection, stats, None, "no images", 0.9, 200)
+    if copies:  # the reference block as summary_document writes it with a copy reference
+        doc["copy_detection"] = {"n_train": 500, "n_heldout": 200, "threshold": 0.97}
+    return json.loads(json_text(doc))
+
+
+def _detection() -> dict:
+    windows = {
+        "configured": {"auc": 0.99851, "tpr_at_1pct_fpr": 0.9167, "precision_at_10": 1.0},
+        "first_step": {"auc": 0.95, "tpr_at_1pct_fpr": None, "precision_at_10": 0.5},
+        "all_steps": {"auc": 0.99851, "tpr_at_1pct_fpr": 0.9167, "precision_at_10": 1.0},
+    }
+    return {"n_prompts": 1000, "n_planted_scored": 12, "windows": windows}
+
+
+def _summary(**changes) -> dict:
+    documents = {
+        "prompts": _prompts_summary(),
+        "threshold": _threshold(),
+        "attribution": _attribution(),
+        "mitigation": _mitigation(),
+        "detection": _detection(),
+        "prompt_texts": TEXTS,
+        "min_word_prompts": 20,
+    }
+    return audit_summary(**{**documents, **changes})
+
+
+def test_counts_threshold_and_enrichment() -> None:
+    summary = _summary()
+    prompts = summary["prompts"]
+    assert (prompts["scored"], prompts["flagged"], prompts["reports_read"]) == (1000, 10, 1200)
+    assert prompts["flagged_share"] == pytest.approx(0.01)
+    assert prompts["threshold_method"] == "percentile" and prompts["threshold_setting"] == 99
+    enrichment = summary["enrichment"]
+    assert enrichment["odds_ratio"] == pytest.approx(6 * 900 / (4 * 90))
+    assert enrichment["odds_ratio_ci95"][0] > 1 and enrichment["verdict"] == "enriched"
+    assert enrichment["share_marker_flagged"] == pytest.approx(0.6)
+    page = summary_markdown(summary)
+    assert "1,000 unique prompts" in page and "10 prompts (1.0 %)" in page
+    assert "odds ratio 15" in page and "markers are over-represented" in page
+    threshold = _threshold()
+    threshold["odds_ratio_ci95"] = [0.2, 10.0]
+    assert _summary(threshold=threshold)["enrichment"]["verdict"] == "no clear enrichment"
+    assert "no clear enrichment (the CI includes 1)" in summary_markdown(
+        _summary(threshold=threshold)
+    )
+
+
+def test_top_word_types_are_ordered_and_rare_words_withheld() -> None:
+    attribution = _summary()["attribution"]
+    shown = [t["word_type"] for t in attribution["types"]]
+    # by top-1 rate: pleural 0.6, marker 0.5, effusion 0.2; zebrowski (0.9) is in one prompt
+    assert shown == ["pleural", "<marker>", "effusion"]
+    assert attribution["n_withheld_rare"] == 1
+    assert attribution["types"][1]["pooled"] == "de-identification marker"
+    page = summary_markdown(_summary())
+    assert "zebrowski" not in page and "| `pleural` | 5 | 60.0 % | 3.0 |" in page
+    assert "Not shown: 1 word type(s) found in fewer than 20 prompts" in page
+    # with a low enough bar the rare word is common enough, and ranks first
+    assert _summary(min_word_prompts=1)["attribution"]["types"][0]["word_type"] == "zebrowski"
+
+
+def test_mitigation_verdicts_and_copy_fraction_from_the_writers_shapes() -> None:
+    mitigation = _summary()["mitigation"]
+    rows = {r["strategy"]: r for r in mitigation["strategies"]}
+    assert list(rows) == ["original", "rwa", "gni", "rna"]
+    assert rows["original"]["verdict"] == "baseline"
+    assert rows["rwa"]["verdict"] == "raised" and rows["rwa"]["diversity_change_ci95"][0] > 0
+    assert rows["gni"]["verdict"] == "lowered"
+    assert rows["rna"]["verdict"] == "no clear change"
+    assert mitigation["raised_diversity"] == ["rwa"] and mitigation["copy_detection"]
+    assert rows["rwa"]["copy_rate"] == pytest.approx(0.125)
+    assert rows["original"]["copy_rate"] == pytest.approx(0.5)
+    page = summary_markdown(_summary())
+    assert "CI above 0: **`rwa`**" in page
+    assert (
+        "| `rwa` | 0.0835 | +0.0300 (+0.0300 to +0.0300) | raised | 12.5 % (12.5 % to 12.5 %) |"
+        in page
+    )
+    assert "| `original` | 0.0535 | - | baseline | 50.0 % (50.0 % to 50.0 %) |" in page
+
+
+def test_detection_windows_and_missing_numbers_read_na() -> None:
+    summary = _summary()
+    assert summary["detection"]["windows"]["configured"]["auc"] == pytest.approx(0.99851)
+    page = summary_markdown(summary)
+    assert "| configured window (d_mem) | 0.9985 | 0.92 |" in page
+    assert "| first step only | 0.9500 | n/a |" in page
+    assert "12 planted prompts among 1,000 scored" in page
+
+
+def test_optional_inputs_missing_and_nan_values() -> None:
+    threshold = _threshold()
+    threshold["odds_ratio_ci95"] = [float("nan"), None]
+    summary = _summary(detection=None, attribution=None, mitigation=_mitigation(copies=False))
+    assert summary["detection"] is None and summary["attribution"] is None
+    page = summary_markdown(summary)
+    assert "planted truth" not in page and "Attribution did not run." in page
+    assert "copy detection skipped" in page
+    assert "| `rwa` |" in page and "raised | n/a (n/a) |" in page  # NaN copy rates
+    summary = _summary(threshold=threshold, mitigation=None)
+    assert summary["enrichment"]["odds_ratio_ci95"] == [None, None]
+    assert summary["enrichment"]["verdict"] == "n/a"
+    page = summary_markdown(summary)
+    assert "(95 % CI n/a)" in page and "Mitigation did not run." in page
+    json.loads(json_text(summary))  # strict JSON: no NaN left
+
+
+def test_empty_stages_say_so() -> None:
+    empty_attribution = {"n_prompts": {"attributed": 0}, "empty": True}
+    mitigation = _mitigation()
+    mitigation["strategies"] = {}
+    page = summary_markdown(_summary(attribution=empty_attribution, mitigation=mitigation))
+    assert "No word type to show (0 prompts attributed)." in page
+    assert "No prompt was selected for mitigation." in page
+    unlisted = {**_attribution(), "top_word_types": []}
+    assert _summary(attribution=unlisted)["attribution"]["types"] == []
+    page = summary_markdown(_summary(attribution=unlisted))
+    assert "No word type to show (10 prompts attributed)." in page
+
+
+def test_page_and_json_hold_no_report_text() -> None:
+    summary = _summary(min_word_prompts=20)
+    page = summary_markdown(summary)
+    for text in (page, json_text(summary)):
+        assert not find_text_leaks(text.splitlines(), TEXTS, min_words=3)
+        assert "files/p10" not in text and "cardiopulmonary" not in text
+    assert "results/report.html" in page and "results/share/" in page
+
+
+def test_a_missing_key_names_the_file_and_the_key() -> None:
+    threshold = _threshold()
+    del threshold["n_memorized"]
+    with pytest.raises(ValueError, match=r"results/threshold/threshold\.json.*'n_memorized'"):
+        _summary(threshold=threshold)
+    mitigation = _mitigation()
+    del mitigation["strategies"]
+    with pytest.raises(ValueError, match=r"results/mitigation/summary\.json.*'strategies'"):
+        _summary(mitigation=mitigation)
+    with pytest.raises(ValueError, match="min_word_prompts"):
+        _summary(min_word_prompts=0)
+
+
+def test_formatting_helpers() -> None:
+    assert fmt(float("nan")) == "n/a" and fmt(None) == "n/a" and fmt(float("inf")) == "n/a"
+    assert fmt("12") == "n/a" and fmt(True) == "n/a"
+    assert fmt(1234, ",") == "1,234" and fmt(0.123456) == "0.123"
+    assert pct(0.0123) == "1.2 %" and pct(None) == "n/a"
+    assert interval_verdict(0.1, 0.2, 0.0, "up", "down") == "up"
+    assert interval_verdict(-0.2, -0.1, 0.0, "up", "down") == "down"
+    assert interval_verdict(-0.1, 0.1, 0.0, "up", "down") == "no clear change"
+    assert interval_verdict(0.0, 0.1, 0.0, "up", "down") == "no clear change"  # touches 0
+    assert interval_verdict(-0.1, 0.1, 1.0, "up", "down", "unclear") == "down"
+    assert interval_verdict(0.5, 2.0, 1.0, "up", "down", "unclear") == "unclear"
+    assert interval_verdict(None, 0.1, 0.0, "up", "down") == "n/a"
+    assert interval_verdict(float("nan"), 0.1, 0.0, "up", "down") == "n/a"

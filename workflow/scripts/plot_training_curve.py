@@ -1,0 +1,12 @@
+"""Rule plot_training_curve: the demo model's loss per training step."""
+
+import sys
+from pathlib import Path
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+
+from memaudit.model.artifacts import load_losses
+from memaudit.model.figures import plot_training_curve
+
+plot_training_curve(load_losses(snakemake.input.model), snakemake.output.png)

@@ -1,0 +1,29 @@
+"""Rule summarize_audit: the audit's answer on one page (summary.md) and in numbers (.json)."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+
+import pandas as pd
+
+from memaudit.atomic import atomic_write, json_text
+from memaudit.report import audit_summary, summary_markdown
+
+inputs = snakemake.input
+detection = list(inputs.detection)  # the demo's planted truth only
+summary = audit_summary(
+    **{
+        name: json.loads(Path(inputs[name]).read_text())
+        for name in ("prompts", "threshold", "attribution", "mitigation")
+    },
+    detection=json.loads(Path(detection[0]).read_text()) if detection else None,
+    prompt_texts=pd.read_parquet(inputs.prompt_table, columns=["text"])["text"].astype(str),
+    min_word_prompts=snakemake.params.min_word_prompts,
+)
+page = summary_markdown(summary)
+atomic_write(snakemake.output.json, lambda handle: handle.write(json_text(summary).encode()))
+atomic_write(snakemake.output.md, lambda handle: handle.write(page.encode()))
+print(page)
