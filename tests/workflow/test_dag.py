@@ -23,14 +23,34 @@ def test_demo_dag_has_every_stage(workdir: Path):
     assert {"make_demo_corpus", "extract_prompts", "plot_prompt_frequency", "all"} <= rules
 
 
+def fake_weights(root: Path, layout: dict[str, str]) -> Path:
+    """Empty weight files in the layout the config-time model check reads (the check looks at
+    names, never at contents; a dry run loads nothing)."""
+    for relative, stem in layout.items():
+        folder = root / relative
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{stem}.safetensors").write_bytes(b"")
+    return root
+
+
 def test_real_preset_dag_skips_the_demo(workdir: Path, tmp_path: Path):
     reports = tmp_path / "reports.csv"
     reports.write_text("uid,impression\n1,No acute disease.\n")
+    pipeline = fake_weights(
+        tmp_path / "pipeline",
+        {
+            "unet": "diffusion_pytorch_model",
+            "vae": "diffusion_pytorch_model",
+            "text_encoder": "model",
+        },
+    )
+    (pipeline / "model_index.json").write_text("{}")
     overlay = tmp_path / "real.yaml"
     overlay.write_text(
         (REPO / "config/iu_xray_csv.yaml")
         .read_text()
         .replace("/data/iu-xray/indiana_reports.csv", str(reports))
+        .replace("/data/weights/my-cxr-pipeline", str(pipeline))
     )
     proc = snakemake("-n", "--until", "extract_prompts", workdir=workdir, overlays=(overlay,))
     rules = planned_rules(proc.stdout)
@@ -43,12 +63,17 @@ def test_radedit_preset_dag_has_every_audit_stage_and_no_demo_rule(workdir: Path
     reports.write_bytes(b"PK\x05\x06" + b"\x00" * 18)  # an empty zip
     split = tmp_path / "split.csv"
     split.write_text("dicom_id,study_id,subject_id,split\nx,50000001,10000001,train\n")
+    unet, vae = {"unet": "diffusion_pytorch_model"}, {"": "diffusion_pytorch_model"}
+    text = {"": "model"}
     overlay = tmp_path / "radedit.yaml"
     overlay.write_text(
         (REPO / "config/radedit_mimic.yaml")
         .read_text()
         .replace("/data/mimic-cxr/mimic-cxr-reports.zip", str(reports))
         .replace("/data/mimic-cxr/mimic-cxr-2.0.0-split.csv", str(split))
+        .replace("/data/weights/radedit", str(fake_weights(tmp_path / "radedit", unet)))
+        .replace("/data/weights/sdxl-vae", str(fake_weights(tmp_path / "vae", vae)))
+        .replace("/data/weights/biovil-t", str(fake_weights(tmp_path / "biovil", text)))
     )
     rules = planned_rules(snakemake("-n", workdir=workdir, overlays=(overlay,)).stdout)
     audit = {
