@@ -1,5 +1,7 @@
 # memaudit: audit a chest X-ray text-to-image diffusion model for training-data memorization.
-# Stages: demo corpus -> prompts -> (demo model) -> scores -> threshold -> evaluation.
+# Stages (one workflow/rules/<stage>.smk each; docs/architecture.md draws the DAG):
+# corpus (demo) -> prompts -> model (demo) -> scoring -> threshold -> evaluation (demo)
+# -> attribution, copy_detection -> mitigation -> share, report.
 from snakemake.utils import min_version
 
 min_version("9.0")

@@ -15,6 +15,8 @@ matplotlib.use("Agg")  # figures are files: never open a display
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from memaudit.atomic import atomic_write  # noqa: E402
+
 MEMORIZED_COLOR = "#c0392b"
 ORDINARY_COLOR = "#34495e"
 MARKER_COLOR = "#e67e22"
@@ -29,6 +31,9 @@ def save_figure(fig: plt.Figure, png_path: str | Path, dpi: int = 150) -> None:
     """Save ``fig`` as ``png_path`` and a PDF beside it (same stem), then close it."""
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=dpi, bbox_inches="tight")
-    fig.savefig(png_path.with_suffix(".pdf"), bbox_inches="tight")
-    plt.close(fig)
+    try:
+        atomic_write(png_path, lambda h: fig.savefig(h, format="png", dpi=dpi, bbox_inches="tight"))
+        pdf = png_path.with_suffix(".pdf")
+        atomic_write(pdf, lambda h: fig.savefig(h, format="pdf", bbox_inches="tight"))
+    finally:
+        plt.close(fig)

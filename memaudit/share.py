@@ -33,7 +33,6 @@ import math
 import os
 import re
 import secrets
-import shutil
 import stat
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -45,7 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from memaudit.atomic import write_atomically
+from memaudit.atomic import atomic_write, write_atomically
 from memaudit.text import normalize_whitespace
 
 _WORD = re.compile(r"[^\W_]+|_+", re.UNICODE)
@@ -544,15 +543,15 @@ def build_share_bundle(
     out.mkdir(parents=True, exist_ok=True)
     write_atomically({out / name: content for name, content in files.items()})
     copied = _copy_figures(figures, out / "figures")
-    (out / "README.md").write_text(
-        README.format(
-            min_word_prompts=min_word_prompts,
-            min_words=min_words,
-            digits=PROMPT_HMAC_DIGITS,
-            study_ids=_STUDY_IDS_LINE if study_ids else "",
-            figures=", ".join(f"`{name}`" for name in copied) or "none",
-        )
-    )
+    readme = README.format(
+        min_word_prompts=min_word_prompts,
+        min_words=min_words,
+        digits=PROMPT_HMAC_DIGITS,
+        study_ids=_STUDY_IDS_LINE if study_ids else "",
+        figures=", ".join(f"`{name}`" for name in copied) or "none",
+    ).encode("utf-8")
+    # the README is the rule's declared output: written last, atomically
+    atomic_write(out / "README.md", lambda handle: handle.write(readme))
     return {"files": sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())}
 
 
@@ -564,6 +563,6 @@ def _copy_figures(figures: Sequence[str | Path], figure_dir: Path) -> list[str]:
             raise FileNotFoundError(f"figure for the share bundle not found: {figure}")
         for path in (figure, figure.with_suffix(".pdf")):
             if path.is_file():
-                shutil.copyfile(path, figure_dir / path.name)
+                atomic_write(figure_dir / path.name, lambda h, src=path: h.write(src.read_bytes()))
                 copied.append(path.name)
     return copied

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -175,3 +176,18 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuickRun]:
     finally:
         if not was_up:
             slurm.cluster("down")
+
+
+def planned(proc: subprocess.CompletedProcess) -> dict[str, list[str]]:
+    """Rule -> reasons of every job a dry run (``snakemake -n``) would execute."""
+    jobs: dict[str, list[str]] = {}
+    rule = None
+    for line in proc.stdout.splitlines():
+        match = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if match:
+            rule = match.group(1)
+            jobs.setdefault(rule, [])
+        elif rule and line.strip().startswith("reason:"):
+            jobs[rule].append(line.strip().removeprefix("reason:").strip())
+    jobs.pop("all", None)
+    return jobs

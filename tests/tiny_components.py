@@ -136,6 +136,21 @@ def write_bert_tokenizer_files(folder: Path, model_max_length: int | None = None
     return folder
 
 
+def tiny_bert_encoder(
+    vocab_size: int, hidden_size: int, add_pooling_layer: bool = True
+) -> BertModel:
+    """A one-layer BERT text encoder (2 heads, 32 positions) in eval mode; seed before calling."""
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    return BertModel(config, add_pooling_layer=add_pooling_layer).eval()
+
+
 def tiny_bert_config(max_position_embeddings: int = 128) -> BertConfig:
     """Config of the tiny BERT text encoders (width 32, 2 layers, vocabulary of tiny_vocab)."""
     return BertConfig(

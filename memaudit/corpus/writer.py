@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from memaudit.atomic import atomic_write
 from memaudit.corpus.findings import FINDING_NAMES, finding_labels, sample_severity
 from memaudit.corpus.grammar import MARKER, N_DRAWS, Draws, compose_report
 from memaudit.corpus.phantoms import render_phantoms
@@ -148,9 +149,8 @@ def generate_corpus(spec: CorpusSpec, out_dir: str | os.PathLike[str]) -> dict[s
         for array in images:
             digest.update(array.tobytes())
     meta = _corpus_card(spec, studies, reports, captions, triggers, digest.hexdigest())
-    with open(os.path.join(out_dir, "corpus.json"), "w", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=2, sort_keys=False)
-        fh.write("\n")
+    card = (json.dumps(meta, indent=2, sort_keys=False) + "\n").encode("utf-8")
+    atomic_write(os.path.join(out_dir, "corpus.json"), lambda fh: fh.write(card))
     return meta
 
 
@@ -328,12 +328,16 @@ def _render_images(
 def _write_parquet(columns: dict[str, Any], schema: pa.Schema, path: str) -> None:
     table = pa.Table.from_pydict(columns, schema=schema)
     # No statistics and no dictionary pages: the files depend on the values alone.
-    pq.write_table(table, path, compression="zstd", use_dictionary=False, write_statistics=False)
+    atomic_write(
+        path,
+        lambda fh: pq.write_table(
+            table, fh, compression="zstd", use_dictionary=False, write_statistics=False
+        ),
+    )
 
 
 def _write_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
+    atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False))
 
 
 def _write_tables(

@@ -24,9 +24,8 @@ import re
 from collections.abc import Sequence
 
 from memaudit.prompts.sections import (
-    FINDINGS_HEADER_WORDS,
-    SECTION_KEYWORDS,
     SECTION_NAME_MAP,
+    canonical_name,
 )
 
 #: The official header table: the default one, with the typo "ndication" read as impression.
@@ -91,21 +90,12 @@ RANGE_SECTION = "manual_range"
 
 _HEADER = re.compile(r"\n ([A-Z ()/,-]+):\s")
 _BLANK_LINE = "\n \n"
-_FINDINGS_WORDS = re.compile("|".join(re.escape(w) for w in FINDINGS_HEADER_WORDS))
 
 
 def official_section_name(header: str) -> str:
     """Canonical name of a header under the official rules: lower case, stripped (inner
     spaces kept), then the table, the main keywords and the findings words."""
-    name = header.lower().strip()
-    if name in OFFICIAL_NAME_MAP:
-        return OFFICIAL_NAME_MAP[name]
-    for keyword in SECTION_KEYWORDS:
-        if keyword in name:
-            return keyword
-    if _FINDINGS_WORDS.search(name):
-        return "findings"
-    return name
+    return canonical_name(header.lower().strip(), OFFICIAL_NAME_MAP)
 
 
 def official_sections(text: str) -> list[tuple[str, str]]:

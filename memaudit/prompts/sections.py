@@ -134,9 +134,14 @@ def canonical_section_name(header: str) -> str:
     :data:`SECTION_KEYWORDS` and :data:`FINDINGS_HEADER_WORDS`; an unknown header keeps its
     lower-cased name (e.g. "procedure").
     """
-    name = " ".join(header.lower().split())
-    if name in SECTION_NAME_MAP:
-        return SECTION_NAME_MAP[name]
+    return canonical_name(" ".join(header.lower().split()), SECTION_NAME_MAP)
+
+
+def canonical_name(name: str, table: dict[str, str]) -> str:
+    """A lower-cased header name through ``table``, then the section keywords, then the
+    findings words; an unknown name is kept (both section rules share this order)."""
+    if name in table:
+        return table[name]
     for keyword in SECTION_KEYWORDS:
         if keyword in name:
             return keyword

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import BertConfig, BertModel, BertTokenizer
+from transformers import BertTokenizer
 
 from memaudit.atomic import write_atomically
 from memaudit.attribution.engine import (
@@ -41,7 +41,12 @@ from memaudit.scoring.engine import score_prompts
 from memaudit.scoring.spec import ScoringSpec
 from memaudit.selection import select_prompts
 from memaudit.text import compile_markers, prompt_id
-from tests.tiny_components import OutOfMemoryUnet, prompt_sensitive_latent_unet, tiny_train_spec
+from tests.tiny_components import (
+    OutOfMemoryUnet,
+    prompt_sensitive_latent_unet,
+    tiny_bert_encoder,
+    tiny_train_spec,
+)
 
 CAPTIONS = [
     "Small left pleural effusions, unchanged since ___.",
@@ -81,17 +86,7 @@ def bert_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizer:
 def model(bert_tokenizer: BertTokenizer) -> AuditModel:
     """A tiny latent model with a BERT WordPiece tokenizer (RadEdit-like), float32 CPU."""
     torch.manual_seed(0)
-    encoder = BertModel(
-        BertConfig(
-            vocab_size=len(_vocab()),
-            hidden_size=HIDDEN,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=32,
-        ),
-        add_pooling_layer=False,
-    ).eval()
+    encoder = tiny_bert_encoder(len(_vocab()), HIDDEN, add_pooling_layer=False)
     return AuditModel(
         kind="radedit",
         tokenizer=bert_tokenizer,

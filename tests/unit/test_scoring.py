@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
-from transformers import BertConfig, BertModel, BertTokenizer
+from transformers import BertTokenizer
 
 from memaudit.atomic import atomic_parquet
 from memaudit.batching import auto_batch_size
@@ -29,6 +29,7 @@ from tests.tiny_components import (
     OutOfMemoryUnet,
     prompt_sensitive_latent_unet,
     tiny_audit_model,
+    tiny_bert_encoder,
     tiny_vae,
 )
 
@@ -68,16 +69,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> AuditModel:
     tokenizer = BertTokenizer(str(folder / "vocab.txt"), do_lower_case=True)
     tokenizer.model_max_length = MAX_LENGTH
     torch.manual_seed(0)
-    encoder = BertModel(
-        BertConfig(
-            vocab_size=len(_vocab()),
-            hidden_size=HIDDEN,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=32,
-        )
-    ).eval()
+    encoder = tiny_bert_encoder(len(_vocab()), HIDDEN)
     return AuditModel(
         kind="diffusers",
         tokenizer=tokenizer,

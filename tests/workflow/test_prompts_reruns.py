@@ -18,26 +18,12 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import snakemake
+from tests.conftest import planned, snakemake
 from tests.unit.prompt_reports import NO_IMPRESSION, STANDARD, report_path, write_tree
 
 TEXTS = "results/prompts/texts.parquet"
 SUMMARY = "results/prompts/summary.json"
 SCORES = "results/scoring/scores.parquet"
-
-
-def _planned(proc) -> dict[str, list[str]]:
-    """Rule -> reasons of every job a dry run would execute."""
-    jobs: dict[str, list[str]] = {}
-    rule = None
-    for line in proc.stdout.splitlines():
-        match = re.match(r"^(?:local)?rule (\w+):$", line.strip())
-        if match:
-            rule = match.group(1)
-            jobs.setdefault(rule, [])
-        elif rule and line.strip().startswith("reason:"):
-            jobs[rule].append(line.strip().removeprefix("reason:").strip())
-    return jobs
 
 
 def _overlay(path: Path, reports: dict) -> Path:
@@ -57,7 +43,7 @@ def _tiny_reports(root: Path) -> Path:
 
 
 def _dry(workdir: Path, overlay: Path, *targets: str) -> dict[str, list[str]]:
-    return _planned(snakemake("-n", "--cores", "1", *targets, workdir=workdir, overlays=(overlay,)))
+    return planned(snakemake("-n", "--cores", "1", *targets, workdir=workdir, overlays=(overlay,)))
 
 
 def test_a_report_added_or_edited_deep_inside_reruns_extract_prompts(workdir: Path, tmp_path: Path):

@@ -6,14 +6,13 @@ for a dry run, then reads which rules it would run and why.
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import QUICK, REPO, QuickRun, snakemake
+from tests.conftest import QUICK, REPO, QuickRun, planned, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -25,21 +24,6 @@ def copy_run(quick_run: QuickRun, dest: Path) -> Path:
     """A copy of the finished run (timestamps kept), outside the shared session folder."""
     shutil.copytree(quick_run.workdir, dest, symlinks=True)
     return dest
-
-
-def planned(proc) -> dict[str, list[str]]:
-    """Rule -> reasons of every job a dry run would execute."""
-    jobs: dict[str, list[str]] = {}
-    rule = None
-    for line in proc.stdout.splitlines():
-        match = re.match(r"^(?:local)?rule (\w+):$", line.strip())
-        if match:
-            rule = match.group(1)
-            jobs.setdefault(rule, [])
-        elif rule and line.strip().startswith("reason:"):
-            jobs[rule].append(line.strip().removeprefix("reason:").strip())
-    jobs.pop("all", None)
-    return jobs
 
 
 def overlay(tmp_path: Path, changes: dict) -> Path:

@@ -3,8 +3,10 @@
 import sys
 from pathlib import Path
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+from memaudit.jobs import start_job
+
+start_job(snakemake)  # output to the log; a failure ends with one clear line
 
 from memaudit.model.artifacts import load_losses
 from memaudit.model.figures import plot_training_curve

@@ -4,12 +4,15 @@ import json
 import sys
 from pathlib import Path
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+from memaudit.jobs import start_job
+
+start_job(snakemake)  # output to the log; a failure ends with one clear line
 
 import pandas as pd
 import torch
 
+from memaudit.atomic import write_atomically
 from memaudit.model.loading import load_model
 from memaudit.scoring.engine import score_chunk
 from memaudit.scoring.spec import ScoringSpec
@@ -25,5 +28,5 @@ stats = score_chunk(
     snakemake.output.scores,
     progress=sys.stderr,
 )
-Path(snakemake.output.stats).write_text(json.dumps(stats, indent=2, default=str) + "\n")
+write_atomically({snakemake.output.stats: stats})
 print(json.dumps(stats, indent=2, default=str))

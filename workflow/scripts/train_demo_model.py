@@ -5,8 +5,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))
+from memaudit.jobs import start_job
+
+start_job(snakemake)  # output to the log; a failure ends with one clear line
 
 import numpy as np
 import pandas as pd
