@@ -37,7 +37,7 @@ def test_killed_scoring_resumes_with_only_unfinished_chunks(quick_run: QuickRun,
     reference = pd.read_parquet(run / SCORES)
     chunk_names = sorted(_chunk_files(run))
     assert len(chunk_names) >= 2, chunk_names
-    shutil.rmtree(run / "results/scores")
+    shutil.rmtree(run / "results/scoring")
     shutil.rmtree(run / "logs/score_chunk", ignore_errors=True)
 
     cmd = [
