@@ -7,18 +7,18 @@ own rows and name, never on which other intervals exist or in which order they a
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from memaudit.seeds import hashed_seed
+
 
 def bootstrap_rng(seed: int, key: str) -> np.random.Generator:
     """The generator of one named interval."""
-    digest = hashlib.sha256(f"memaudit-bootstrap:{seed}:{key}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    return np.random.default_rng(hashed_seed("memaudit-bootstrap", seed, key))
 
 
 def bootstrap_ci(

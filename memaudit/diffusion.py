@@ -6,7 +6,6 @@ memorization check all run.
 from __future__ import annotations
 
 import copy
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,12 +14,12 @@ import numpy as np
 import torch
 
 from memaudit.model.loading import AuditModel
+from memaudit.seeds import TORCH_SEED_MASK, hashed_seed
 
 
 def noise_seed(seed: int, generation: int) -> int:
     """Seed of the torch generator that draws x_T for generation ``generation``."""
-    digest = hashlib.sha256(f"memaudit-noise:{seed}:{generation}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return hashed_seed("memaudit-noise", seed, generation) & TORCH_SEED_MASK
 
 
 def initial_noise(

@@ -10,7 +10,6 @@ a de-identification marker (mitigation's ``marker_memorized``) and a seeded samp
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from memaudit.seeds import hashed_seed
 from memaudit.text import marker_pattern
 
 REASONS = ("memorized", "planted", "memorized+planted")
@@ -46,8 +46,7 @@ def _require(table: pd.DataFrame, columns: Sequence[str], name: str) -> None:
 
 def sample_order(seed: int, prompt_id: str) -> int:
     """The sampling key of a prompt: a hash of (seed, prompt id), never a row position."""
-    text = f"memaudit-selection:{seed}:{prompt_id}"
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    return hashed_seed("memaudit-selection", seed, prompt_id)
 
 
 def _reason(memorized: bool, planted: bool) -> str:

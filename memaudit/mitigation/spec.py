@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from memaudit.config import schema_defaults, spec_from_dict
+from memaudit.seeds import TORCH_SEED_MASK, hashed_seed
 
 STRATEGIES = ("original", "rwa", "rna", "remove", "gni", "cwr", "rt", "embopt")
 MARKER_STRATEGIES = frozenset({"rwa", "rna", "remove"})
@@ -107,8 +107,7 @@ class MitigationSpec:
 
 def derived_seed(*parts: object) -> int:
     """A 63-bit seed from a hash of ``parts`` (e.g. seed, prompt id, strategy)."""
-    text = ":".join(str(p) for p in ("memaudit-mitigation", *parts))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
+    return hashed_seed("memaudit-mitigation", *parts) & TORCH_SEED_MASK
 
 
 def strategy_rng(seed: int, prompt_id: str, strategy: str) -> np.random.Generator:
