@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from memaudit.frames import require_columns
 from memaudit.seeds import hashed_seed
 from memaudit.text import marker_pattern
 
@@ -36,12 +37,6 @@ SELECTION_COLUMNS: dict[str, Any] = {
     "trigger_word": object,
     "trigger_word_index": np.int64,
 }
-
-
-def _require(table: pd.DataFrame, columns: Sequence[str], name: str) -> None:
-    missing = sorted(set(columns) - set(table.columns))
-    if missing:
-        raise ValueError(f"the {name} table lacks column(s) {missing}")
 
 
 def sample_order(seed: int, prompt_id: str) -> int:
@@ -78,13 +73,13 @@ def select_prompts(
         isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 0
     ):
         raise ValueError(f"sample_size must be null or an integer >= 0, got {sample_size!r}")
-    _require(memorized, ("prompt_id", "text", "d_mem", "rank"), "memorized prompts")
+    require_columns(memorized, ("prompt_id", "text", "d_mem", "rank"), "memorized prompts table")
     use_truth = truth is not None and include_planted
     if use_truth:
-        _require(truth, ("prompt_id",), "truth")
+        require_columns(truth, ("prompt_id",), "truth table")
         if ranked is None:
             raise ValueError("planted prompts need the ranked prompts table (text, d_mem, rank)")
-        _require(ranked, ("prompt_id", "text", "d_mem", "rank"), "ranked prompts")
+        require_columns(ranked, ("prompt_id", "text", "d_mem", "rank"), "ranked prompts table")
     pattern = marker_pattern(markers)
 
     # 2. Memorized prompts, then planted captions

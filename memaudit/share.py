@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from memaudit.atomic import atomic_write, write_atomically
+from memaudit.frames import require_columns
 from memaudit.text import normalize_whitespace
 
 _WORD = re.compile(r"[^\W_]+|_+", re.UNICODE)
@@ -216,9 +217,7 @@ def memorized_table(
         ("ranked prompts", ranked, ("prompt_id", "text", "d_mem", "rank", "memorized")),
         ("report map", report_map, ("prompt_id", "study_id")),
     ):
-        missing = [c for c in columns if c not in table.columns]
-        if missing:
-            raise ValueError(f"{name} table lacks column(s) {missing}")
+        require_columns(table, columns, f"{name} table")
     memorized = ranked[ranked["memorized"].astype(bool)].sort_values("rank", kind="mergesort")
     out = pd.DataFrame(
         {

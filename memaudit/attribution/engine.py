@@ -49,12 +49,11 @@ from memaudit.attribution.tables import (
     WORD_COLUMNS,
     AttributionTables,
     build_tables,
-    require_columns,
-    typed_frame,
 )
 from memaudit.attribution.words import delete_span
 from memaudit.batching import run_halving_batches
 from memaudit.diffusion import fresh_scheduler, initial_noise, unet_eps
+from memaudit.frames import require_columns, typed_frame
 from memaudit.model.loading import AuditModel
 from memaudit.scoring.engine import score_prompts
 from memaudit.scoring.gather import select_chunk

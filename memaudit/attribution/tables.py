@@ -17,6 +17,7 @@ import pandas as pd
 
 from memaudit.attribution.spec import WORD_SCORES
 from memaudit.attribution.words import WordUnit, trigger_span, word_units
+from memaudit.frames import require_columns, typed_frame
 
 # --------------------------------------------------------------------------------------------
 # Table schemas: the columns and dtypes of the four tables of a set of prompts
@@ -87,22 +88,6 @@ PROMPT_COLUMNS = {
     "trigger_truncated": bool,
     "special_share": np.float64,
 }
-
-
-def require_columns(table: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-    """ValueError naming ``what`` and the columns of ``columns`` that ``table`` lacks."""
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ValueError(f"the {what} lacks column(s) {missing}")
-
-
-def typed_frame(rows: list[dict[str, Any]], schema: Mapping[str, Any]) -> pd.DataFrame:
-    """A table with exactly the schema's columns and dtypes (also when ``rows`` is empty)."""
-    data = {}
-    for column, dtype in schema.items():
-        values = [row[column] for row in rows]
-        data[column] = pd.Series(values, dtype=dtype) if values else pd.Series([], dtype=dtype)
-    return pd.DataFrame(data, columns=list(schema))
 
 
 # --------------------------------------------------------------------------------------------

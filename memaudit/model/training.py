@@ -32,6 +32,7 @@ from tokenizers.trainers import WordLevelTrainer
 from tqdm import tqdm
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
+from memaudit.frames import require_columns
 from memaudit.model.artifacts import write_losses
 from memaudit.model.loading import AuditModel, radedit_scheduler
 from memaudit.model.spec import TrainSpec
@@ -288,9 +289,7 @@ def demo_training_pairs(
         ("report_map", report_map, ("study_id", "prompt_id")),
         ("prompts", prompts, ("prompt_id", "text")),
     ):
-        missing = [c for c in columns if c not in table.columns]
-        if missing:
-            raise ValueError(f"{name} table lacks column(s) {missing}")
+        require_columns(table, columns, f"{name} table")
     text_of = dict(zip(prompts["prompt_id"], prompts["text"], strict=True))
     prompt_of = dict(
         zip(report_map["study_id"].astype("int64"), report_map["prompt_id"], strict=True)

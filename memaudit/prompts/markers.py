@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from memaudit.frames import require_columns
 from memaudit.text import compile_markers, count_markers
 
 #: Columns and dtypes of the prompts table (sorted by n_reports descending, then prompt_id).
@@ -65,9 +66,7 @@ def count_prompt_markers(
         ``(prompts, summary)``: one row per unique prompt (columns :data:`PROMPT_COLUMNS`,
         sorted by n_reports descending, then prompt_id) and a JSON-ready dict.
     """
-    missing = [c for c in ("prompt_id", "text", "n_reports") if c not in texts.columns]
-    if missing:
-        raise ValueError(f"texts table lacks column(s) {missing}")
+    require_columns(texts, ("prompt_id", "text", "n_reports"), "texts table")
     if top_n < 0:
         raise ValueError(f"top_n must be >= 0, got {top_n}")
     patterns = compile_markers(list(markers))
