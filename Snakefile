@@ -1,7 +1,8 @@
 # memaudit: audit a chest X-ray text-to-image diffusion model for training-data memorization.
 # Stages (one workflow/rules/<stage>.smk each; docs/architecture.md draws the DAG):
 # corpus (demo) -> prompts -> model (demo) -> scoring -> threshold -> evaluation (demo)
-# -> attribution, copy_detection -> mitigation -> share, report.
+# -> attribution, copy_detection (detector, references) -> mitigation, synthetic
+# -> copy_detection (validity) -> share, report.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -18,8 +19,9 @@ include: "workflow/rules/scoring.smk"
 include: "workflow/rules/threshold.smk"
 include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/attribution.smk"
-include: "workflow/rules/copy_detection.smk"
 include: "workflow/rules/mitigation.smk"
+include: "workflow/rules/synthetic.smk"
+include: "workflow/rules/copy_detection.smk"
 include: "workflow/rules/share.smk"
 include: "workflow/rules/report.smk"
 
@@ -44,6 +46,7 @@ localrules:
     gather_mitigations,
     plot_mitigation_grid,
     plot_mitigation_diversity,
+    plot_copy_detection,
     make_share_bundle,
     summarize_audit,
 

@@ -23,16 +23,24 @@ def noise_seed(seed: int, generation: int) -> int:
 
 
 def initial_noise(
-    latent_shape: Sequence[int], generations: int, seed: int, device: torch.device | str = "cpu"
+    latent_shape: Sequence[int],
+    generations: int | Sequence[int],
+    seed: int,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """x_T for every generation, [generations, C, h, w] float32, drawn on CPU then moved.
+    """x_T of generations 0..generations-1 (or of the listed generation indices),
+    [n, C, h, w] float32, drawn on CPU then moved.
 
-    Row j depends only on (seed, j), so it is the same on every machine and for every prompt.
+    Row j depends only on (seed, j), so it is the same on every machine, for every prompt and
+    in every chunk that draws it.
     """
+    indices = range(generations) if isinstance(generations, int) else generations
     rows = []
-    for j in range(generations):
-        generator = torch.Generator(device="cpu").manual_seed(noise_seed(seed, j))
+    for j in indices:
+        generator = torch.Generator(device="cpu").manual_seed(noise_seed(seed, int(j)))
         rows.append(torch.randn(tuple(latent_shape), generator=generator, dtype=torch.float32))
+    if not rows:
+        return torch.zeros((0, *latent_shape), dtype=torch.float32, device=device)
     return torch.stack(rows).to(device)
 
 

@@ -33,6 +33,8 @@ SOURCES = {
     "detection": "results/evaluation/detection.json",
     "attribution": "results/attribution/summary.json",
     "mitigation": "results/mitigation/summary.json",
+    "copy_detection": "results/copy_detection/summary.json",
+    "synthetic": "results/synthetic/summary.json",
 }
 WHERE = {
     "html_report": "results/report.html",
@@ -222,6 +224,38 @@ def detection_numbers(detection: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def copy_numbers(validity: Mapping[str, Any]) -> dict[str, Any]:
+    """Per embedding (configured first): threshold, copy recall and false-copy rate of the
+    original prompts' generations with 95 % CIs, and the ROC AUC."""
+    rows = []
+    for embedding, block in _get(validity, "copy_detection", "embeddings").items():
+        original = block.get("mitigation") or {}
+        recall = original.get("copy_recall") or {}
+        false = original.get("false_copy_rate") or {}
+        rows.append(
+            {
+                "embedding": embedding,
+                "threshold": _number(block.get("threshold")),
+                "copy_recall": _number(recall.get("rate")),
+                "copy_recall_ci95": _interval(recall.get("ci")),
+                "false_copy_rate": _number(false.get("rate")),
+                "false_copy_rate_ci95": _interval(false.get("ci")),
+                "roc_auc": _number(block.get("roc_auc")),
+            }
+        )
+    return {"embedding": validity.get("embedding"), "embeddings": rows}
+
+
+def synthetic_numbers(synthetic: Mapping[str, Any]) -> dict[str, Any]:
+    """The synthetic set's size and copy fraction with its 95 % CI."""
+    return {
+        "n_images": _get(synthetic, "synthetic", "n_images"),
+        "copy_fraction": _number(_get(synthetic, "synthetic", "copy_fraction")),
+        "copy_fraction_ci95": _interval(synthetic.get("copy_fraction_ci")),
+        "n_copied_train_images": synthetic.get("n_copied_train_images"),
+    }
+
+
 def audit_summary(
     prompts: Mapping[str, Any],
     threshold: Mapping[str, Any],
@@ -231,6 +265,8 @@ def audit_summary(
     prompt_texts: Iterable[str] = (),
     min_word_prompts: int = 20,
     n_word_types: int = 5,
+    copy_detection: Mapping[str, Any] | None = None,
+    synthetic: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``summary.json``: the numbers of every stage that ran (None for a stage that did not:
     detection outside the demo), and where the full report is."""
@@ -244,6 +280,8 @@ def audit_summary(
         else top_word_types(attribution, prompt_texts, min_word_prompts, n_word_types),
         "mitigation": None if mitigation is None else mitigation_numbers(mitigation),
         "detection": None if detection is None else detection_numbers(detection),
+        "copy_detection": None if copy_detection is None else copy_numbers(copy_detection),
+        "synthetic": None if synthetic is None else synthetic_numbers(synthetic),
         "where": dict(WHERE),
     }
     return json_safe(summary)
@@ -404,6 +442,41 @@ def _detection_lines(detection: Mapping[str, Any] | None) -> list[str]:
     return lines
 
 
+def _copy_lines(copies: Mapping[str, Any] | None, synthetic: Mapping[str, Any] | None) -> list[str]:
+    lines: list[str] = []
+    if synthetic is not None:
+        lines += [
+            "",
+            "## How much of a synthetic set is copies",
+            "",
+            f"Of {fmt(synthetic['n_images'], ',')} images generated from prompts drawn by report "
+            f"frequency, {pct(synthetic['copy_fraction'])} "
+            f"({ci(synthetic['copy_fraction_ci95'], as_pct=True)}) are copies of training "
+            f"images ({fmt(synthetic['n_copied_train_images'], ',')} distinct images copied).",
+        ]
+    if copies is None:
+        return lines
+    lines += [
+        "",
+        "## Copy detection against the planted truth (demo)",
+        "",
+        "Generations of the original prompts: copy recall (planted captions' generations "
+        "flagged as copies of their own image) and false copies (ordinary captions' "
+        "generations flagged as a copy of anything).",
+        "",
+        "| embedding | threshold | copy recall (95 % CI) | false copies (95 % CI) | ROC AUC |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in copies["embeddings"]:
+        lines.append(
+            f"| `{row['embedding']}` | {fmt(row['threshold'], '.3f')} | "
+            f"{fmt(row['copy_recall'], '.2f')} ({ci(row['copy_recall_ci95'], '.2f')}) | "
+            f"{fmt(row['false_copy_rate'], '.2f')} ({ci(row['false_copy_rate_ci95'], '.2f')}) | "
+            f"{fmt(row['roc_auc'], '.3f')} |"
+        )
+    return lines
+
+
 def summary_markdown(summary: Mapping[str, Any]) -> str:
     """``summary.md`` from :func:`audit_summary`'s document: numbers and word types only."""
     where = summary["where"]
@@ -413,6 +486,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         *_prompt_lines(summary["prompts"], summary["enrichment"]),
         *_attribution_lines(summary["attribution"]),
         *_mitigation_lines(summary["mitigation"]),
+        *_copy_lines(summary.get("copy_detection"), summary.get("synthetic")),
         *_detection_lines(summary["detection"]),
         "",
         "## Where the report is",

@@ -101,6 +101,14 @@ def _quick_executor() -> tuple[str, str | None]:
     return "slurm", None
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep every test that reads the quick demo on one xdist worker (``--dist loadgroup``), so
+    the session runs the demo once while the other worker runs the unit tests."""
+    for item in items:
+        if "quick_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("quick_run"))
+
+
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuickRun]:
     """Run the quick demo once: through SLURM when a test cluster can be started, else locally.

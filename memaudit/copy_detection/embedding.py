@@ -2,6 +2,10 @@
 
 Kinds (config ``copy_detection.embedding``, see :class:`EmbeddingSpec`):
 
+- ``learned`` (default, as Dar et al.): the contrastive encoder the ``train_copy_detector``
+  rule trained on the training images (:mod:`memaudit.copy_detection.encoder`); the image is
+  centre-cropped and area-resampled to ``copy_detection.learned.input_size``, encoded and
+  L2-normalised.
 - ``pixels`` (default, weight-free): the image is centre-cropped to a square, area-averaged
   down to ``side`` x ``side`` pixels, its mean is subtracted and it is L2-normalised, so the
   cosine similarity of two embeddings is the Pearson correlation of their downsampled pixels.
@@ -30,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from memaudit.copy_detection.encoder import load_encoder
 from memaudit.copy_detection.images import as_float_image, read_image
 from memaudit.copy_detection.spec import EmbeddingSpec
 
@@ -93,13 +98,25 @@ class Embedder:
             device = "cuda" if torch.cuda.is_available() and spec.kind != "pixels" else "cpu"
         self.device = torch.device(device)
         self._network, self._mean, self._std = None, _IMAGENET_MEAN, _IMAGENET_STD
-        if spec.kind != "pixels":
+        self._encoder = None
+        if spec.kind == "learned":
+            self._encoder = load_encoder(spec.detector, self.device)
+            if self._encoder.input_size != spec.learned_size:
+                raise ValueError(
+                    f"copy detector {spec.detector!r} takes {self._encoder.input_size}-pixel "
+                    f"images but copy_detection.learned.input_size is {spec.learned_size}; "
+                    "re-train it (train_copy_detector)"
+                )
+        elif spec.kind != "pixels":
             self._network, self._mean, self._std = _feature_network(spec, self.device)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         return square_resample(image, self.spec.prepared_side).astype(np.float32)
 
     def embed_prepared(self, prepared: np.ndarray) -> np.ndarray:
+        if self._encoder is not None:
+            x = torch.from_numpy(np.asarray(prepared, dtype=np.float32))[:, None]
+            return self._encoder.embed(x.to(self.device)).cpu().numpy().astype(np.float32)
         if self._network is None:
             return pixel_embedding(prepared)
         x = torch.from_numpy(np.asarray(prepared, dtype=np.float32))[:, None]
@@ -121,9 +138,12 @@ class Embedder:
     @cached_property
     def dimension(self) -> int:
         """Length of one embedding."""
+        if self._encoder is not None:
+            return int(self._encoder.project.out_features)
         if self._network is None:
             return self.spec.side**2
-        probe = np.zeros((1, self.spec.input_size, self.spec.input_size), dtype=np.float32)
+        side = self.spec.prepared_side
+        probe = np.zeros((1, side, side), dtype=np.float32)
         probe[0, 0, 0] = 1.0
         return int(self.embed_prepared(probe).shape[1])
 

@@ -18,10 +18,18 @@ from typing import Any, TextIO
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from memaudit.atomic import atomic_npy, write_atomically
 from memaudit.copy_detection.embedding import Embedder, embed_arrays, embed_files
-from memaudit.copy_detection.images import demo_training_images, list_images
+from memaudit.copy_detection.images import (
+    UNREADABLE_KEY,
+    ImageList,
+    check_policy,
+    demo_training_images,
+    find_images,
+    unreadable_reason,
+)
 from memaudit.copy_detection.search import copy_threshold, nearest_neighbours
 from memaudit.copy_detection.spec import EmbeddingSpec
 
@@ -93,24 +101,34 @@ def build_reference(
     held-out nearest neighbours (``heldout_id``, ``nearest_train_id``, ``similarity``) and a
     JSON description; returns that description.
     """
-    # 1. Embed both sets.
+    # 1. Embed both sets (what to embed is checked before the embedding is loaded).
+    if not cfg.get("train_images") and demo is None:
+        raise ValueError(
+            "copy_detection.train_images is not set and there is no demo corpus: nothing to "
+            "compare generations with"
+        )
+    if cfg.get("train_images") and not Path(cfg["train_images"]).is_dir():
+        raise ValueError(
+            f"{_TRAIN_KEY}: the image folder {str(cfg['train_images'])!r} does not exist"
+        )
+    check_policy(cfg.get("unreadable"))
+    held = cfg.get("heldout_images")
+    if cfg.get("train_images") and held and not Path(held).is_dir():
+        raise ValueError(f"{_HELDOUT_KEY}: the image folder {str(held)!r} does not exist")
     spec = EmbeddingSpec.from_config(cfg)
     embedder = Embedder(spec)
     batch = int(cfg.get("batch_size") or 256)
     if cfg.get("train_images"):
         sets = _embed_folders(cfg, embedder, batch, workers, progress)
-    elif demo is not None:
-        sets = _embed_demo(cfg, demo, embedder, batch, progress)
     else:
-        raise ValueError(
-            "copy_detection.train_images is not set and there is no demo corpus: nothing to "
-            "compare generations with"
-        )
+        sets = _embed_demo(cfg, demo, embedder, batch, progress)
     if len(sets.train) == 0:
         raise ValueError("copy detection found no training images to embed")
     # 2. Each held-out image's nearest training image.
     sims, rows = (
-        nearest_neighbours(sets.heldout, sets.train, embedder.device)
+        nearest_neighbours(
+            sets.heldout, sets.train, embedder.device, int(cfg.get("search_block") or 65536)
+        )
         if len(sets.heldout)
         else (np.zeros(0, np.float32), np.zeros(0, np.int64))
     )
@@ -139,6 +157,11 @@ def build_reference(
     return meta
 
 
+_TRAIN_KEY = "copy_detection.train_images"
+_HELDOUT_KEY = "copy_detection.heldout_images"
+_SKIP_EXAMPLES = 5  # paths named per set in reference.json's "skipped"
+
+
 def _embed_folders(
     cfg: Mapping[str, Any],
     embedder: Embedder,
@@ -146,32 +169,163 @@ def _embed_folders(
     workers: int,
     progress: TextIO | None,
 ) -> _ImageSets:
-    """Training and held-out sets from the configured image folders."""
+    """Training and held-out sets from the configured image folders.
+
+    A listed image that does not exist, or a file that cannot be decoded, stops the run with
+    an error naming it (``copy_detection.unreadable: error``) or is left out and counted
+    (``skip``): ``source["skipped"]`` gives, per set, how many were missing, how many
+    unreadable, and the first paths. No training images, or a held-out folder left with no
+    images when no fixed ``threshold`` is configured, is an error naming the folder's key.
+    """
+    policy = check_policy(cfg.get("unreadable"))
+    # 1. The training set: listed or found, then embedded with bad files checked.
     train_root = Path(cfg["train_images"])
-    train_paths = list_images(
-        train_root, "copy_detection.train_images", cfg.get("train_list"), cfg.get("train_limit")
+    found = find_images(
+        train_root, _TRAIN_KEY, cfg.get("train_list"), cfg.get("train_limit"), unreadable=policy
     )
-    train = embed_files(train_root, train_paths, embedder, batch, workers, progress)
+    if not found.paths:
+        raise ValueError(_no_images(_TRAIN_KEY, train_root, cfg.get("train_limit"), found, []))
+    train = _embed_checked(
+        train_root, found, _TRAIN_KEY, policy, embedder, batch, workers, progress
+    )
+    if not train.paths:
+        raise ValueError(_no_images(_TRAIN_KEY, train_root, None, found, train.unreadable))
     index = pd.DataFrame(
         {
-            "train_id": train_paths,
-            "image_index": np.full(len(train_paths), -1, dtype=np.int64),
-            "path": [str(train_root / p) for p in train_paths],
-            "image_indices": [np.zeros(0, dtype=np.int64)] * len(train_paths),
-            "n_studies": np.ones(len(train_paths), dtype=np.int64),
+            "train_id": train.paths,
+            "image_index": np.full(len(train.paths), -1, dtype=np.int64),
+            "path": [str(train_root / p) for p in train.paths],
+            "image_indices": [np.zeros(0, dtype=np.int64)] * len(train.paths),
+            "n_studies": np.ones(len(train.paths), dtype=np.int64),
         }
     )
+    skipped = {"train": train.skipped, "heldout": _skip_summary([], [])}
+    # 2. The held-out set (may be absent, or empty, only with a fixed threshold).
+    heldout = np.zeros((0, train.embeddings.shape[1]), dtype=np.float32)
+    heldout_ids: list[str] = []
     if cfg.get("heldout_images"):
         held_root = Path(cfg["heldout_images"])
-        held_paths = list_images(
-            held_root, "copy_detection.heldout_images", None, cfg.get("heldout_limit")
+        limit = cfg.get("heldout_limit")
+        found = find_images(held_root, _HELDOUT_KEY, None, limit, unreadable=policy)
+        fixed = cfg.get("threshold") is not None
+        if not found.paths and not fixed:
+            raise ValueError(_no_images(_HELDOUT_KEY, held_root, limit, found, []))
+        held = _embed_checked(
+            held_root, found, _HELDOUT_KEY, policy, embedder, batch, workers, progress
         )
-        heldout = embed_files(held_root, held_paths, embedder, batch, workers, progress)
-        heldout_ids = held_paths
-    else:  # the threshold must then be fixed (checked where it is computed)
-        heldout, heldout_ids = np.zeros((0, train.shape[1]), dtype=np.float32), []
-    source = {"train_images": str(train_root), "heldout_images": cfg.get("heldout_images")}
-    return _ImageSets(train, index, heldout, heldout_ids, source)
+        if not held.paths and not fixed:
+            raise ValueError(_no_images(_HELDOUT_KEY, held_root, None, found, held.unreadable))
+        heldout, heldout_ids = held.embeddings, held.paths
+        skipped["heldout"] = held.skipped
+    # (no held-out folder: the threshold must then be fixed, checked where it is computed)
+    source = {
+        "train_images": str(train_root),
+        "heldout_images": cfg.get("heldout_images"),
+        "skipped": skipped,
+    }
+    return _ImageSets(train.embeddings, index, heldout, heldout_ids, source)
+
+
+@dataclass
+class _Embedded:
+    """One folder's embeddings, the paths they belong to (row for row), what was left out."""
+
+    embeddings: np.ndarray
+    paths: list[str]
+    missing: list[str]
+    unreadable: list[str]
+
+    @property
+    def skipped(self) -> dict[str, Any]:
+        return _skip_summary(self.missing, self.unreadable)
+
+
+def _skip_summary(missing: list[str], unreadable: list[str]) -> dict[str, Any]:
+    examples = sorted([*missing, *unreadable])[:_SKIP_EXAMPLES]
+    return {"missing": len(missing), "unreadable": len(unreadable), "examples": examples}
+
+
+def _embed_checked(
+    root: Path,
+    found: ImageList,
+    key: str,
+    policy: str,
+    embedder: Embedder,
+    batch: int,
+    workers: int,
+    progress: TextIO | None,
+) -> _Embedded:
+    """Embeddings of ``found.paths`` under ``root``, in order, batch by batch.
+
+    Files are decoded by :func:`embed_files`'s worker threads. A batch that fails is checked
+    file by file (only that batch is decoded again): an unreadable file is an error naming
+    it and ``key`` under the ``error`` policy, and is left out of the rows under ``skip``;
+    a failure that no file explains is raised as it is.
+    """
+    side = embedder.spec.prepared_side
+    parts = [np.zeros((0, embedder.dimension), dtype=np.float32)]
+    kept: list[str] = []
+    unreadable: list[str] = []
+    name = "train" if key == _TRAIN_KEY else "heldout"
+    bar = tqdm(
+        total=len(found.paths),
+        unit="img",
+        desc=f"embed {name}",
+        file=progress,
+        disable=not progress,
+    )
+    for lo in range(0, len(found.paths), batch):
+        chunk = found.paths[lo : lo + batch]
+        try:
+            parts.append(embed_files(root, chunk, embedder, batch, workers))
+        except ValueError:
+            reasons = {rel: unreadable_reason(root / rel, side) for rel in chunk}
+            bad = [rel for rel in chunk if reasons[rel] is not None]
+            if not bad:
+                raise
+            if policy == "error":
+                raise ValueError(
+                    f"{key}: {reasons[bad[0]]} ({len(bad)} unreadable file(s) among "
+                    f"{len(chunk)}); set {UNREADABLE_KEY}: skip to leave such files out"
+                ) from None
+            unreadable.extend(bad)
+            good = [rel for rel in chunk if reasons[rel] is None]
+            if good:
+                parts.append(embed_files(root, good, embedder, batch, workers))
+            chunk = good
+        kept.extend(chunk)
+        bar.update(min(batch, len(found.paths) - lo))
+    bar.close()
+    if progress is not None and (found.missing or unreadable):
+        print(
+            f"{key}: {UNREADABLE_KEY} is skip - left out {len(found.missing)} missing and "
+            f"{len(unreadable)} unreadable image(s), e.g. "
+            f"{_skip_summary(found.missing, unreadable)['examples']}",
+            file=progress,
+        )
+    return _Embedded(np.concatenate(parts), kept, list(found.missing), unreadable)
+
+
+def _no_images(
+    key: str, root: Path, limit: int | None, found: ImageList, unreadable: list[str]
+) -> str:
+    """The error of an image set left empty, saying why."""
+    why = []
+    if limit is not None:
+        why.append(f"{key.replace('_images', '_limit')} {limit}")
+    if found.missing:
+        why.append(f"{len(found.missing)} listed file(s) missing")
+    if unreadable:
+        why.append(f"{len(unreadable)} unreadable file(s) skipped")
+    readable = "readable " if found.missing or unreadable else ""
+    text = f"{key}: no {readable}PNG/JPG images under {str(root)!r}"
+    text += f" ({', '.join(why)})" if why else ""
+    if key == _HELDOUT_KEY:
+        text += (
+            " to calibrate the copy threshold; add held-out images, or unset "
+            "copy_detection.heldout_images and set a fixed copy_detection.threshold"
+        )
+    return text
 
 
 def _embed_demo(

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from memaudit.atomic import json_safe
 from memaudit.bootstrap import mean_ci
-from memaudit.copy_detection.embedding import Embedder
+from memaudit.copy_detection.embedding import Embedder, embed_arrays
 from memaudit.copy_detection.reference import CopyReference
 from memaudit.copy_detection.search import nearest_neighbours
 
@@ -52,6 +52,7 @@ def evaluate_generations(
     reference: CopyReference | None = None,
     truth: pd.DataFrame | None = None,
     progress: TextIO | None = None,
+    block: int | None = None,
 ) -> pd.DataFrame:
     """Per (prompt, strategy): diversity and, with ``reference``, copy detection.
 
@@ -61,7 +62,8 @@ def evaluate_generations(
     (``truth``) the share of seeds that copy the prompt's own planted image
     (``planted_copy_rate``) and whose nearest training image is that planted image whatever
     the similarity (``planted_nearest_rate``); both NaN for prompts that are not planted.
-    Skipped rows keep NaNs.
+    Skipped rows keep NaNs. All generations are embedded, then searched in one pass over the
+    training embeddings (``block`` rows at a time, :func:`nearest_neighbours`).
     """
     table = generations.copy()
     n = len(table)
@@ -92,41 +94,49 @@ def evaluate_generations(
     bar = tqdm(
         total=len(generated), unit="row", desc="evaluate", file=progress, disable=not progress
     )
+    # Diversity per row, and every generation embedded chunk by chunk (images are large,
+    # embeddings small); then one pass over the training embeddings for all of them.
+    embedded: dict[int, np.ndarray] = {}
     for chunk, rows in table.loc[generated].groupby("chunk", sort=True):
         with np.load(chunk, allow_pickle=False) as archive:
             images = archive["images"]
         for i in rows.index:
-            seeds = images[int(table.at[i, "row"])]
-            table.at[i, "diversity"] = mean_pairwise_rms(seeds)
+            table.at[i, "diversity"] = mean_pairwise_rms(images[int(table.at[i, "row"])])
             bar.update(1)
-            if reference is None:
-                continue
-            sims, nearest = _nearest(embedder, seeds, reference)
-            copies = sims > reference.threshold
-            ids = train_ids[nearest]
-            values, counts = np.unique(ids, return_counts=True)
-            top = int(np.argmax(counts))
-            table.at[i, "copy_rate"] = float(copies.mean())
-            table.at[i, "n_copies"] = int(copies.sum())
-            table.at[i, "max_similarity"] = float(sims.max())
-            table.at[i, "mean_similarity"] = float(sims.mean())
-            table.at[i, "top_train_id"] = str(values[top])
-            table.at[i, "top_train_share"] = float(counts[top] / len(ids))
-            table.at[i, "nearest_train_ids"] = [str(x) for x in ids]
-            table.at[i, "nearest_similarities"] = sims.astype(np.float64).tolist()
-            own = planted_rows.get(table.at[i, "prompt_id"])
-            if own is not None:
-                hits = [bool(own & members[r]) for r in nearest]
-                table.at[i, "planted_copy_rate"] = float(np.mean(np.asarray(hits) & copies))
-                table.at[i, "planted_nearest_rate"] = float(np.mean(hits))
+        if reference is not None:
+            picked = images[rows["row"].to_numpy(dtype=np.int64)]  # [rows, seeds, H, W]
+            flat = embed_arrays(picked.reshape(-1, *picked.shape[2:]), embedder)
+            for i, part in zip(rows.index, np.split(flat, len(rows)), strict=True):
+                embedded[i] = part
     bar.close()
+    if reference is None or not embedded:
+        return table
+    order = sorted(embedded)
+    counts = [len(embedded[i]) for i in order]
+    all_sims, all_nearest = nearest_neighbours(
+        np.concatenate([embedded[i] for i in order]), reference.embeddings, embedder.device, block
+    )
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    for i, lo, hi in zip(order, bounds[:-1], bounds[1:], strict=True):
+        sims, nearest = all_sims[lo:hi], all_nearest[lo:hi]
+        copies = sims > reference.threshold
+        ids = train_ids[nearest]
+        values, counts_of = np.unique(ids, return_counts=True)
+        top = int(np.argmax(counts_of))
+        table.at[i, "copy_rate"] = float(copies.mean())
+        table.at[i, "n_copies"] = int(copies.sum())
+        table.at[i, "max_similarity"] = float(sims.max())
+        table.at[i, "mean_similarity"] = float(sims.mean())
+        table.at[i, "top_train_id"] = str(values[top])
+        table.at[i, "top_train_share"] = float(counts_of[top] / len(ids))
+        table.at[i, "nearest_train_ids"] = [str(x) for x in ids]
+        table.at[i, "nearest_similarities"] = sims.astype(np.float64).tolist()
+        own = planted_rows.get(table.at[i, "prompt_id"])
+        if own is not None:
+            hits = [bool(own & members[r]) for r in nearest]
+            table.at[i, "planted_copy_rate"] = float(np.mean(np.asarray(hits) & copies))
+            table.at[i, "planted_nearest_rate"] = float(np.mean(hits))
     return table
-
-
-def _nearest(
-    embedder: Embedder, images: np.ndarray, reference: CopyReference
-) -> tuple[np.ndarray, np.ndarray]:
-    return nearest_neighbours(embedder(list(images)), reference.embeddings, embedder.device)
 
 
 def summarize_strategies(

@@ -58,7 +58,9 @@ def corpus() -> dict:
 def reference(corpus: dict, tmp_path_factory: pytest.TempPathFactory) -> CopyReference:
     folder = tmp_path_factory.mktemp("reference")
     files = [folder / n for n in ("train.npy", "train.parquet", "heldout.parquet", "ref.json")]
-    meta = build_reference({"side": 32, "batch_size": 64}, *files, demo=corpus)
+    meta = build_reference(
+        {"embedding": "pixels", "side": 32, "batch_size": 64}, *files, demo=corpus
+    )
     assert meta["n_train"] == 200 and meta["n_heldout"] == 100
     return CopyReference.load(*files, percentile=95)
 
@@ -174,13 +176,15 @@ def test_folder_reference_equals_array_reference(corpus: dict, tmp_path: Path) -
     _write_pngs(tmp_path / "held", held)
     files = [tmp_path / n for n in ("e.npy", "i.parquet", "h.parquet", "r.json")]
     cfg = {"train_images": str(tmp_path / "train"), "heldout_images": str(tmp_path / "held")}
-    meta = build_reference({**cfg, "side": 16}, *files)
+    meta = build_reference({**cfg, "embedding": "pixels", "side": 16}, *files)
     assert meta["n_train"] == 30 and meta["n_heldout"] == 10
     index = pd.read_parquet(files[1])
     assert index["train_id"].tolist() == names
     order = [int(Path(n).stem[3:]) for n in names]
     np.testing.assert_allclose(
-        np.load(files[0]), Embedder(EmbeddingSpec(side=16))(list(train[order])), atol=1e-6
+        np.load(files[0]),
+        Embedder(EmbeddingSpec(kind="pixels", side=16))(list(train[order])),
+        atol=1e-6,
     )
     loader = training_image_loader(index)
     np.testing.assert_allclose(loader(names[0]), train[order[0]] / 255.0)

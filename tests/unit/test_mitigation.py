@@ -500,7 +500,7 @@ def _reference_with(images: np.ndarray, tmp_path: Path) -> CopyReference:
         "heldout": noise[20:],
     }
     files = [tmp_path / n for n in ("e.npy", "i.parquet", "h.parquet", "r.json")]
-    build_reference({"side": 16}, *files, demo=demo)
+    build_reference({"embedding": "pixels", "side": 16}, *files, demo=demo)
     return CopyReference.load(*files, percentile=95)
 
 

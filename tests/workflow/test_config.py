@@ -265,9 +265,6 @@ def _old_selections(cfg: dict) -> dict[tuple[str, str], dict]:
         ("select_mitigation_prompts", "selection"): {
             k: mitigation[k] for k in ("prompts", "sample_size", "include_planted", "seed")
         },
-        ("embed_training_images", "copy_detection"): {
-            k: v for k, v in cfg["copy_detection"].items() if k not in ("percentile", "threshold")
-        },
     }
 
 
@@ -284,6 +281,14 @@ def test_rules_get_the_same_params_from_the_specs_key_lists(workdir: Path, overl
 DEMO_OVERRIDES = {
     "mitigation.sample_size": 6,  # a seeded sample of 6 prompts instead of every selected one
     "mitigation.steps": 25,  # half the paper's 50 DDIM steps, which halves the CPU demo
+    # The pixel-space demo model's generations are noisy above guidance ~3 (docs/method.md).
+    "mitigation.guidance": 3,
+    "synthetic.guidance": 3,
+    # A copy detector sized for the 32-pixel phantoms and the CPU.
+    "copy_detection.learned.input_size": 32,
+    "copy_detection.learned.channels": [16, 32, 64],
+    "copy_detection.learned.steps": 400,
+    "copy_detection.learned.batch_size": 128,
 }
 
 

@@ -17,7 +17,7 @@ from memaudit.config import (
     config_schema,
     validate_config,
 )
-from memaudit.copy_detection.spec import EmbeddingSpec
+from memaudit.copy_detection.spec import DETECTOR_WEIGHTS, EmbeddingSpec
 from memaudit.corpus.spec import CorpusSpec
 from memaudit.mitigation.spec import MitigationSpec
 from memaudit.model.spec import TrainSpec
@@ -54,13 +54,14 @@ try:
             "threshold needs held-out real images when copy_detection.train_images is set "
             "(or set a fixed copy_detection.threshold)"
         )
-    if copies["embedding"] != "pixels" and not (
-        copies["network"]["arch"] and copies["network"]["weights"]
-    ):
-        raise ConfigError(
-            "invalid configuration:\n  config: key 'copy_detection.network': the "
-            f"{copies['embedding']} embedding needs both arch and weights (local .safetensors)"
-        )
+    for kind in [copies["embedding"], *copies["baselines"]]:
+        if kind in ("torchvision", "timm") and not (
+            copies["network"]["arch"] and copies["network"]["weights"]
+        ):
+            raise ConfigError(
+                "invalid configuration:\n  config: key 'copy_detection.network': the "
+                f"{kind} embedding needs both arch and weights (local .safetensors)"
+            )
     if config["model"]["kind"] == "demo" and not config["demo"]["enabled"]:
         raise ConfigError(
             "invalid configuration:\n  config: key 'model.kind': the demo model is trained "
@@ -161,10 +162,31 @@ def copy_detection_enabled():
     return bool(config["copy_detection"]["train_images"]) or config["demo"]["enabled"]
 
 
-def copy_embedding_spec():
-    """The copy-detection settings that change embeddings (not the threshold choice)."""
+def copy_embeddings():
+    """The configured copy-detection embedding first, then its baselines."""
     block = config["copy_detection"]
-    return {k: v for k, v in block.items() if k not in EmbeddingSpec.THRESHOLD_KEYS}
+    return list(dict.fromkeys([block["embedding"], *block["baselines"]]))
+
+
+def copy_embedding_spec(kind=None):
+    """The copy-detection settings that change one embedding (not the threshold choice):
+    the config block with ``embedding`` set to ``kind`` (default: the configured one).
+    """
+    block = {
+        k: v
+        for k, v in config["copy_detection"].items()
+        if k not in EmbeddingSpec.THRESHOLD_KEYS
+    }
+    if kind is not None:
+        block["embedding"] = kind
+    if block["embedding"] != "learned":
+        block.pop("learned")  # the detector's settings change no other embedding
+    return block
+
+
+def copy_detector_spec():
+    """The learned copy detector's settings (train_copy_detector's params)."""
+    return config["copy_detection"]["learned"]
 
 
 def check_specs():
@@ -174,7 +196,8 @@ def check_specs():
     ScoringSpec.from_dict(scoring_spec())
     AttributionSpec.from_dict(config["attribution"]).scoring_spec(attribution_scoring())
     MitigationSpec.from_dict(mitigation_generation_spec())
-    EmbeddingSpec.from_config(copy_embedding_spec())
+    for kind in copy_embeddings():
+        EmbeddingSpec.from_config(copy_embedding_spec(kind))
     if config["demo"]["enabled"]:
         CorpusSpec.from_dict(demo_spec())
     if config["model"]["kind"] == "demo":
@@ -217,23 +240,72 @@ def get_training_image_inputs(wildcards=None):
     }
 
 
+def get_embedding_inputs(wildcards):
+    """Inputs of embed_training_images for one embedding: the images, and for the learned
+    embedding the detector trained on them."""
+    inputs = get_training_image_inputs()
+    if wildcards.embedding == "learned":
+        inputs["detector"] = DETECTOR_WEIGHTS
+    return inputs
+
+
+def copy_reference_files(kind):
+    """The reference files embed_training_images writes for embedding ``kind``."""
+    folder = f"results/copy_detection/{kind}"
+    files = {
+        "embeddings": f"{folder}/train_embeddings.npy",
+        "train_index": f"{folder}/train_images.parquet",
+        "heldout": f"{folder}/heldout_neighbours.parquet",
+        "reference": f"{folder}/reference.json",
+    }
+    if kind == "learned":
+        files["detector"] = DETECTOR_WEIGHTS
+    return files
+
+
 def get_copy_reference(wildcards=None):
-    """The copy-detection reference files, or nothing when copy detection is skipped."""
+    """The configured embedding's reference files, or nothing when copy detection is skipped."""
     if not copy_detection_enabled():
         return {}
+    return copy_reference_files(config["copy_detection"]["embedding"])
+
+
+def get_all_copy_references(wildcards=None):
+    """Every embedding's reference files (the configured one and its baselines), keyed
+    ``<embedding>_<file>``."""
     return {
-        "embeddings": "results/copy_detection/train_embeddings.npy",
-        "train_index": "results/copy_detection/train_images.parquet",
-        "heldout": "results/copy_detection/heldout_neighbours.parquet",
-        "reference": "results/copy_detection/reference.json",
+        f"{kind}_{name}": path
+        for kind in copy_embeddings()
+        for name, path in copy_reference_files(kind).items()
     }
+
+
+def get_validity_synthetic(wildcards=None):
+    """The synthetic set, when it is made: copy detection's validity also judges its images."""
+    if not synthetic_enabled():
+        return {}
+    return {
+        "synthetic_images": "results/synthetic/images.npz",
+        "synthetic_index": "results/synthetic/images.parquet",
+    }
+
+
+def get_copy_validity():
+    """Copy detection's validity summary (when copy detection runs)."""
+    return ["results/copy_detection/summary.json"] if copy_detection_enabled() else []
+
+
+def get_synthetic_summary():
+    """The synthetic set's copy summary (when the synthetic set is made)."""
+    return ["results/synthetic/summary.json"] if synthetic_enabled() else []
 
 
 def get_training_pixels(wildcards=None):
     """What Fig. 4 needs to draw training images: the index, plus the demo image array."""
     if not copy_detection_enabled():
         return {}
-    inputs = {"train_index": "results/copy_detection/train_images.parquet"}
+    kind = config["copy_detection"]["embedding"]
+    inputs = {"train_index": f"results/copy_detection/{kind}/train_images.parquet"}
     if not config["copy_detection"]["train_images"]:
         inputs["train_pixels"] = "results/demo/corpus/images.npy"
     return inputs
@@ -286,6 +358,12 @@ def get_final_outputs():
         "results/figures/fig4_mitigation_grid.png",
         "results/figures/mitigation_diversity.png",
     ]
+    outputs += get_synthetic_outputs()
+    if copy_detection_enabled():
+        outputs += [
+            "results/copy_detection/summary.json",
+            "results/figures/copy_detection_roc.png",
+        ]
     outputs += ["results/share/README.md", "results/report/summary.md"]
     return outputs
 
@@ -321,3 +399,33 @@ def get_reports_fingerprint(wildcards):
     ):
         return ""
     return folder_fingerprint(path)
+
+
+# --- synthetic set ---
+from memaudit.synthetic.spec import SyntheticSpec
+
+
+def synthetic_enabled():
+    """The synthetic set is made when switched on and copy detection has images to judge by."""
+    return bool(config["synthetic"]["enabled"]) and copy_detection_enabled()
+
+
+def synthetic_generation_spec():
+    """The synthetic-set settings that change images (switch, chunks and bootstrap do not)."""
+    block = config["synthetic"]
+    return {
+        k: v for k, v in block.items() if k not in SyntheticSpec.NON_GENERATION_KEYS
+    }
+
+
+def get_synthetic_outputs():
+    """The synthetic-set copy summary and figure, when the stage runs."""
+    if not synthetic_enabled():
+        return []
+    return ["results/synthetic/summary.json", "results/figures/synthetic_copies.png"]
+
+
+try:
+    SyntheticSpec.from_dict(config["synthetic"])
+except ValueError as error:
+    raise WorkflowError(f"invalid configuration:\n  config: {error}") from None

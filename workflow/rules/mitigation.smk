@@ -104,6 +104,7 @@ rule evaluate_mitigations:
         seed=config["mitigation"]["seed"],
         percentile=config["copy_detection"]["percentile"],
         threshold=config["copy_detection"]["threshold"],
+        block=config["copy_detection"]["search_block"],
     script:
         "../scripts/evaluate_mitigations.py"
 

@@ -11,6 +11,8 @@ rule summarize_audit:
         attribution="results/attribution/summary.json",
         mitigation="results/mitigation/summary.json",
         detection=get_demo_detection(),
+        copy_detection=get_copy_validity(),
+        synthetic=get_synthetic_summary(),
     output:
         json="results/report/summary.json",
         md=report(

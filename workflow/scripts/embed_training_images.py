@@ -16,7 +16,10 @@ import torch
 from memaudit.copy_detection.reference import build_reference
 
 torch.set_num_threads(snakemake.threads)
-cfg = snakemake.params.copy_detection
+cfg = dict(snakemake.params.copy_detection)
+# Only whether a threshold is fixed matters here (an empty held-out set is then allowed); its
+# value is not a param, so a new fixed threshold re-runs no embedding.
+cfg["threshold"] = 0.0 if snakemake.params.fixed_threshold else None
 demo = None
 if not cfg["train_images"]:
     demo = {

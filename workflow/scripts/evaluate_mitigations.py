@@ -38,6 +38,7 @@ evaluation = evaluate_generations(
     reference,
     pd.read_parquet(truth[0]) if truth else None,
     progress=sys.stderr,
+    block=params.block,
 )
 threshold = json.loads(Path(snakemake.input.threshold).read_text())["threshold"]
 summary = summarize_strategies(

@@ -15,13 +15,22 @@ from memaudit.atomic import atomic_write, json_text
 from memaudit.report import audit_summary, summary_markdown
 
 inputs = snakemake.input
-detection = list(inputs.detection)  # the demo's planted truth only
+
+
+def optional(name):
+    """The named input's JSON, or None for a stage this run does not have."""
+    files = list(inputs[name])
+    return json.loads(Path(files[0]).read_text()) if files else None
+
+
 summary = audit_summary(
     **{
         name: json.loads(Path(inputs[name]).read_text())
         for name in ("prompts", "threshold", "attribution", "mitigation")
     },
-    detection=json.loads(Path(detection[0]).read_text()) if detection else None,
+    detection=optional("detection"),  # the demo's planted truth only
+    copy_detection=optional("copy_detection"),
+    synthetic=optional("synthetic"),
     prompt_texts=pd.read_parquet(inputs.prompt_table, columns=["text"])["text"].astype(str),
     min_word_prompts=snakemake.params.min_word_prompts,
 )
