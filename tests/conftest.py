@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
 import subprocess
@@ -83,6 +85,30 @@ class QuickRun:
     jobs: list[dict[str, str]] = field(default_factory=list)
     controller_log: str = ""
 
+    def to_json(self) -> dict:
+        """The run as JSON (for the other xdist workers)."""
+        return {
+            "workdir": str(self.workdir),
+            "executor": self.executor,
+            "seconds": self.seconds,
+            "proc": [self.proc.args, self.proc.returncode, self.proc.stdout, self.proc.stderr],
+            "jobs": self.jobs,
+            "controller_log": self.controller_log,
+        }
+
+    @classmethod
+    def from_json(cls, document: dict) -> QuickRun:
+        args, code, out, err = document["proc"]
+        proc = subprocess.CompletedProcess(args, code, out, err)
+        return cls(
+            Path(document["workdir"]),
+            document["executor"],
+            float(document["seconds"]),
+            proc,
+            document["jobs"],
+            document["controller_log"],
+        )
+
 
 def _quick_executor() -> tuple[str, str | None]:
     """Which executor runs the quick demo: MEMAUDIT_QUICK_EXECUTOR (slurm | local | auto)."""
@@ -96,17 +122,9 @@ def _quick_executor() -> tuple[str, str | None]:
         return "local", "MEMAUDIT_QUICK_EXECUTOR=local"
     if reason is not None:
         if wanted == "slurm" or os.environ.get("CI"):
-            pytest.fail(f"the quick demo must run through SLURM here, but {reason}")
+            raise _QuickRunFailed(f"the quick demo must run through SLURM here, but {reason}")
         return "local", reason
     return "slurm", None
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep every test that reads the quick demo on one xdist worker (``--dist loadgroup``), so
-    the session runs the demo once while the other worker runs the unit tests."""
-    for item in items:
-        if "quick_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("quick_run"))
 
 
 @pytest.fixture(scope="session")
@@ -114,31 +132,57 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuickRun]:
     """Run the quick demo once: through SLURM when a test cluster can be started, else locally.
 
     Every end-to-end, re-run, fault and report test reads (or copies) this one run, so the
-    suite trains the demo model once. MEMAUDIT_QUICK_RUN_DIR=<folder of a finished quick run>
-    reuses that run instead (for development; the SLURM tests then skip).
+    suite trains the demo model once. Under pytest-xdist the first worker that needs it runs it
+    (holding a lock in the session's shared temporary folder) and the others read its record.
+    MEMAUDIT_QUICK_RUN_DIR=<folder of a finished quick run> reuses that run instead (for
+    development; the SLURM tests then skip).
     """
-    from tests import slurm
-
     reuse = os.environ.get("MEMAUDIT_QUICK_RUN_DIR")
     if reuse:  # development only: the finished quick demo in that folder, run locally
         proc = subprocess.CompletedProcess(["reused"], 0, "", "")
         yield QuickRun(Path(reuse).resolve(), "local", 0.0, proc)
         return
-    workdir = tmp_path_factory.mktemp("quick_demo").resolve()
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    record = shared / "quick_run.json"
+    with open(shared / "quick_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the run is recorded
+        if not record.exists():
+            workdir = (shared / "quick_demo").resolve()
+            workdir.mkdir()
+            try:
+                run = _run_quick_demo(workdir)
+                document = {"run": run.to_json()}
+            except _QuickRunFailed as failure:
+                document = {"error": str(failure)}
+            record.write_text(json.dumps(document))
+    document = json.loads(record.read_text())
+    if "error" in document:
+        pytest.fail(document["error"])
+    yield QuickRun.from_json(document["run"])
+
+
+class _QuickRunFailed(Exception):
+    """The quick demo could not be run; the message says why (every test that needs it fails)."""
+
+
+def _run_quick_demo(workdir: Path) -> QuickRun:
+    """The quick demo in ``workdir``: through SLURM on a throw-away cluster, else locally."""
+    from tests import slurm
+
     executor, reason = _quick_executor()
     if executor == "local":
         message = f"SLURM PROFILE NOT TESTED: {reason}; the quick demo runs locally"
         warnings.warn(message, pytest.PytestWarning, stacklevel=1)
         start = time.monotonic()
         proc = snakemake("--cores", "2", workdir=workdir, overlays=(QUICK,))
-        yield QuickRun(workdir, "local", time.monotonic() - start, proc)
-        return
+        return QuickRun(workdir, "local", time.monotonic() - start, proc)
 
     was_up = slurm.cluster("status").returncode == 0
     try:
         up = slurm.cluster("up", timeout=900)  # first use installs SLURM with apt-get
         if up.returncode != 0:
-            pytest.fail(f"slurm_cluster.sh up failed:\n{up.stdout}\n{up.stderr}")
+            raise _QuickRunFailed(f"slurm_cluster.sh up failed:\n{up.stdout}\n{up.stderr}")
         env = slurm.cluster_env(BIN)
         cmd = [
             "timeout",
@@ -175,13 +219,13 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuickRun]:
             file=sys.__stderr__,
         )
         if proc.returncode != 0:
-            pytest.fail(
+            raise _QuickRunFailed(
                 f"the quick demo failed through SLURM ({proc.returncode}):\n"
                 f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}\n--- slurmctld ---\n"
                 f"{run.controller_log}"
             )
-        yield run
-    finally:
+        return run
+    finally:  # no test needs the live cluster: SLURM's record of the jobs is kept in the run
         if not was_up:
             slurm.cluster("down")
 
