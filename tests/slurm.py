@@ -24,8 +24,17 @@ GPU_RULES = frozenset(
         "score_chunk",
         "attribute_tokens",
         "generate_mitigations",
+        "evaluate_mitigations",
+        "train_copy_detector",
+        "evaluate_copy_detection",
+        "generate_synthetic_set",
+        "detect_synthetic_copies",
     }
 )
+# Rules whose GPU request depends on the wildcard: embed_training_images asks for one GPU for
+# a network embedding (learned, torchvision, timm) and none for pixels. Value: the quick demo's
+# number of jobs of the rule that request a GPU (learned) and that do not (pixels).
+MIXED_GPU_RULES = {"embed_training_images": (1, 1)}
 # Test-only speed-up of the plugin's status polling: after a job ends the plugin waits 40 s
 # before its next status query (then 10 s more each time no job ended). From 2 s, a job is seen
 # ended within seconds. The cluster's MinJobAge (an hour) is far above the 3 x 2 s that the

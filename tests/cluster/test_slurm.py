@@ -17,7 +17,7 @@ import re
 import pytest
 
 from tests.conftest import REPO, QuickRun
-from tests.slurm import GPU_RULES, gpu_request, rule_of
+from tests.slurm import GPU_RULES, MIXED_GPU_RULES, gpu_request, rule_of
 
 pytestmark = pytest.mark.slow
 
@@ -49,13 +49,18 @@ def test_gpu_rules_request_one_gpu_and_cpu_rules_none(run: QuickRun):
     rules = {rule_of(job) for job in run.jobs}
     assert rules >= GPU_RULES, f"GPU rules missing from SLURM's jobs: {GPU_RULES - rules}"
     assert rules - GPU_RULES, "no CPU rule was submitted to SLURM"
+    mixed = {rule: [0, 0] for rule in MIXED_GPU_RULES}
     for job in run.jobs:
         rule, request = rule_of(job), gpu_request(job)
+        if rule in MIXED_GPU_RULES:
+            mixed[rule][request == ""] += 1
+            continue
         if rule in GPU_RULES:
             # --gpus=1 -> gres:gpu:1; with gpu_model set, --gpus=<model>:1 -> gres:gpu:<model>:1
             assert re.fullmatch(r"gres:gpu(:[\w.]+)?:1", request), (rule, job["JobId"], request)
         else:
             assert request == "", (rule, job["JobId"], request)
+    assert {rule: tuple(n) for rule, n in mixed.items()} == MIXED_GPU_RULES
 
 
 def test_job_counts_match_the_dag(run: QuickRun):
@@ -99,7 +104,7 @@ def test_profile_resources_reach_sbatch(run: QuickRun):
     threads = _rule_threads()
     for job in run.jobs:
         rule = rule_of(job)
-        expected_mem = "8000M" if rule in GPU_RULES else "2000M"
+        expected_mem = "8000M" if rule in GPU_RULES | set(MIXED_GPU_RULES) else "2000M"
         assert job["MinMemoryNode"] == expected_mem, (rule, job["MinMemoryNode"])
         assert job["NumCPUs"] == str(threads[rule]), (rule, job["NumCPUs"], threads[rule])
         assert job["TimeLimit"] != "UNLIMITED", (rule, job["TimeLimit"])
