@@ -69,6 +69,27 @@ class CopyReference:
             heldout_similarity=sims,
         )
 
+    @classmethod
+    def from_files(
+        cls,
+        files: Mapping[str, Any],
+        percentile: float = 95.0,
+        fixed: float | None = None,
+        prefix: str = "",
+    ) -> CopyReference:
+        """:meth:`load` from a mapping of the four files (a rule's named inputs):
+        ``<prefix>embeddings``, ``<prefix>train_index``, ``<prefix>heldout``,
+        ``<prefix>reference``."""
+        return cls.load(
+            *(files[f"{prefix}{name}"] for name in REFERENCE_FILES),
+            percentile=percentile,
+            fixed=fixed,
+        )
+
+
+# The input names of the four reference files, in :meth:`CopyReference.load`'s order.
+REFERENCE_FILES = ("embeddings", "train_index", "heldout", "reference")
+
 
 @dataclass
 class _ImageSets:

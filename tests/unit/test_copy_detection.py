@@ -62,7 +62,14 @@ def reference(corpus: dict, tmp_path_factory: pytest.TempPathFactory) -> CopyRef
         {"embedding": "pixels", "side": 32, "batch_size": 64}, *files, demo=corpus
     )
     assert meta["n_train"] == 200 and meta["n_heldout"] == 100
-    return CopyReference.load(*files, percentile=95)
+    loaded = CopyReference.load(*files, percentile=95)
+    # A rule's named inputs (here with a prefix) give the same reference.
+    names = ("x_embeddings", "x_train_index", "x_heldout", "x_reference")
+    named = dict(zip(names, files, strict=True))
+    same = CopyReference.from_files(named, 95, None, prefix="x_")
+    assert same.threshold == loaded.threshold
+    assert np.array_equal(same.embeddings, loaded.embeddings)
+    return loaded
 
 
 def test_area_matrix_averages_blocks_and_conserves_mass() -> None:

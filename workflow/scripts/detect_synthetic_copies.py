@@ -25,14 +25,7 @@ if not snakemake.input.get("embeddings"):
         "copy detection is off (no copy_detection.train_images and no demo corpus): the "
         "synthetic set has nothing to be compared with"
     )
-reference = CopyReference.load(
-    snakemake.input.embeddings,
-    snakemake.input.train_index,
-    snakemake.input.heldout,
-    snakemake.input.reference,
-    percentile=params.percentile,
-    fixed=params.threshold,
-)
+reference = CopyReference.from_files(snakemake.input, params.percentile, params.threshold)
 index, images = read_chunk(snakemake.input.images, snakemake.input.index)
 truth = list(snakemake.input.truth)
 truth_table = pd.read_parquet(truth[0]) if truth else None

@@ -32,13 +32,8 @@ if inputs.get("synthetic_images"):
 truth = pd.read_parquet(inputs.truth[0]) if list(inputs.truth) else None
 references, tables = {}, []
 for kind in params.embeddings:
-    reference = CopyReference.load(
-        inputs[f"{kind}_embeddings"],
-        inputs[f"{kind}_train_index"],
-        inputs[f"{kind}_heldout"],
-        inputs[f"{kind}_reference"],
-        percentile=params.percentile,
-        fixed=params.threshold,
+    reference = CopyReference.from_files(
+        inputs, params.percentile, params.threshold, prefix=f"{kind}_"
     )
     references[kind] = reference
     tables.append(judge(kind, reference, generations, truth, params.block))

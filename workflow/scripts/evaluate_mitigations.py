@@ -24,14 +24,7 @@ torch.set_num_threads(snakemake.threads)
 params = snakemake.params
 reference = None
 if snakemake.input.get("embeddings"):
-    reference = CopyReference.load(
-        snakemake.input.embeddings,
-        snakemake.input.train_index,
-        snakemake.input.heldout,
-        snakemake.input.reference,
-        percentile=params.percentile,
-        fixed=params.threshold,
-    )
+    reference = CopyReference.from_files(snakemake.input, params.percentile, params.threshold)
 truth = list(snakemake.input.truth)
 evaluation = evaluate_generations(
     pd.read_parquet(snakemake.input.generations),
