@@ -41,6 +41,7 @@ localrules:
     gather_attribution,
     summarize_attribution,
     plot_token_attribution,
+    plot_attribution_methods,
     plot_word_types,
     select_mitigation_prompts,
     gather_mitigations,

@@ -154,9 +154,12 @@ def top_word_types(
         ["frac_top1", "mean_rank"], ascending=[False, True], na_position="last", kind="mergesort"
     ).head(n_types)
     marker = attribution.get("marker", {}).get("memorized", {}).get("gradient", {})
+    method = attribution.get("top_word_types_method", "gradient")
     return {
         "n_attributed": _get(attribution, "attribution", "n_prompts", "attributed"),
-        "method": "gradient",
+        "method": method,
+        "methods": attribution.get("methods"),
+        "marker_controlled": attribution.get("marker_controlled"),
         "population": "memorized",
         "types": [
             {
@@ -170,7 +173,9 @@ def top_word_types(
         ],
         "n_withheld_rare": withheld,
         "min_word_prompts": min_word_prompts,
-        "marker_position_by_top1": marker.get("position_among_types_by_top1"),
+        "marker_position_by_top1": marker.get("position_among_types_by_top1")
+        if method == "gradient"
+        else None,
         "n_types_listed": marker.get("n_types_listed"),
     }
 
@@ -359,7 +364,8 @@ def _attribution_lines(attribution: Mapping[str, Any] | None) -> list[str]:
         n = fmt(attribution["n_attributed"], ",")
         return [*lines, f"No word type to show ({n} prompts attributed)."]
     lines += [
-        f"Gradient attribution ({fmt(attribution['n_attributed'], ',')} prompts attributed): "
+        f"Attribution by {attribution['method']} "
+        f"({fmt(attribution['n_attributed'], ',')} prompts attributed): "
         "the word types of memorized prompts that are most often the most significant word "
         "(ties: lower mean rank first).",
         "",
@@ -385,6 +391,62 @@ def _attribution_lines(attribution: Mapping[str, Any] | None) -> list[str]:
             f"Not shown: {attribution['n_withheld_rare']} word type(s) found in fewer than "
             f"{attribution['min_word_prompts']} prompts (a rare word can identify a report).",
         ]
+    return (
+        lines
+        + _method_lines(attribution.get("methods"))
+        + _marker_test_lines(attribution.get("marker_controlled"))
+    )
+
+
+def _method_lines(methods: Mapping[str, Any] | None) -> list[str]:
+    """The attribution methods scored against the demo's causal keys (demo only)."""
+    if not methods or "keys" not in methods:
+        return []
+    keys = methods["keys"]
+    lines = [
+        "",
+        f"Attribution methods against the demo's causal keys: {keys.get('keyed_causal', 0)} of "
+        f"{keys.get('keyed_checked', 0)} keyed planted captions have a causal key (without the "
+        "key the prompt's d_mem falls below the ordinary prompts' 90th percentile), and "
+        f"{keys.get('causal', 0) - keys.get('keyed_causal', 0)} of "
+        f"{keys.get('checked', 0) - keys.get('keyed_checked', 0)} composed captions' trigger "
+        f"words; {keys.get('scored', 0)} causal keys scored. "
+        f"Best: **{methods.get('best')}**; finding 3 uses {methods.get('primary')}.",
+        "",
+        "| method | key ranked first (95 % CI) | mean key rank | UNet rows / prompt |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, block in methods.get("per_method", {}).items():
+        lo, hi = block.get("key_top1_ci95") or (None, None)
+        lines.append(
+            f"| {name} | {pct(block.get('key_top1'))} ({pct(lo)}–{pct(hi)}) | "
+            f"{fmt(block.get('key_mean_rank'), '.2f')} | "
+            f"{fmt(block.get('unet_rows_per_prompt'), ',.0f')} |"
+        )
+    return lines
+
+
+def _marker_test_lines(marker: Mapping[str, Any] | None) -> list[str]:
+    """The controlled marker statistic under the primary method."""
+    if not marker or not marker.get("all", {}).get("n_prompts"):
+        return []
+    stats = marker["all"]
+    lines = [
+        "",
+        f"Marker against a matched word of the same prompt ({marker['method']}, "
+        f"{stats['n_prompts']} memorized prompts with a marker): the marker is the top word in "
+        f"{pct(stats['marker_top1_fraction'])} of them, the matched word in "
+        f"{pct(stats['control_top1_fraction'])}; mean rank {fmt(stats['marker_rank_mean'], '.2f')}"
+        f" vs {fmt(stats['control_rank_mean'], '.2f')} (sign-flip p = "
+        f"{fmt(stats['rank_p_value'], '.3g')}).",
+    ]
+    for origin, block in marker.get("by_origin", {}).items():
+        if block.get("n_prompts"):
+            lines.append(
+                f"- {origin} ({block['n_prompts']}): marker first in "
+                f"{pct(block['marker_top1_fraction'])}, matched word in "
+                f"{pct(block['control_top1_fraction'])} — {block['construction']}."
+            )
     return lines
 
 

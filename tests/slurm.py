@@ -22,6 +22,7 @@ GPU_RULES = frozenset(
         "train_demo_model",
         "check_demo_memorization",
         "score_chunk",
+        "verify_planted_keys",
         "attribute_tokens",
         "generate_mitigations",
         "evaluate_mitigations",

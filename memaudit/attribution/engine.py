@@ -42,7 +42,10 @@ import torch
 from tqdm import tqdm
 
 from memaudit.atomic import write_atomically
+from memaudit.attribution.methods import extra_method_scores, method_requirements
+from memaudit.attribution.spec import METHODS
 from memaudit.attribution.tables import (
+    METHOD_WORD_COLUMNS,
     OCCLUSION_COLUMNS,
     PROMPT_COLUMNS,
     TOKEN_COLUMNS,
@@ -148,6 +151,7 @@ def token_significance(
                     model, model_input, t, cond, eps_uncond, n_gen
                 )
                 count(rows)
+                counters["backward_rows"] = counters.get("backward_rows", 0) + rows
                 significance += grad.double().norm(dim=-1).cpu()
                 if keep_gradients:
                     gradients.append(grad.double().cpu())
@@ -281,6 +285,7 @@ def gradient_pass(
         "oom_halvings": halvings,
         "unet_calls": counters["unet_calls"],
         "unet_rows": counters["unet_rows"],
+        "backward_rows": counters.get("backward_rows", 0),
         "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if on_gpu else None,
     }
     return result, stats
@@ -386,13 +391,19 @@ def attribute_prompts(
     batch_size: int,
     markers: Sequence[str],
     progress: TextIO | None = None,
+    methods: Sequence[str] = METHODS,
+    ig_steps: int = 16,
+    neutral_token: str | None = None,
 ) -> tuple[AttributionTables, dict[str, Any]]:
-    """Gradient attribution, word merging and occlusion for a selection of prompts.
+    """Gradient attribution, word merging, occlusion and the other ``methods`` for a selection
+    of prompts.
 
     ``spec`` is the scoring engine's trajectory with the *attribution* window
     (:meth:`AttributionSpec.scoring_spec`); ``batch_size`` counts prompts per backward pass;
-    ``markers`` are the configured marker regexes. Returns the tables (token, word,
-    occlusion, per prompt) and run statistics with the cost of each method.
+    ``markers`` are the configured marker regexes; ``methods``, ``ig_steps`` and
+    ``neutral_token`` as in :mod:`.methods` (gradient always runs: it builds the word tables).
+    Returns the tables (token, word, occlusion, per prompt, method scores) and run statistics
+    with the cost of each method.
     """
     require_columns(prompts, tuple(SELECTION_COLUMNS), "selected prompts table")
     prompts = prompts.reset_index(drop=True)
@@ -404,6 +415,9 @@ def attribute_prompts(
     patterns = compile_markers(list(markers))
     texts = prompts["text"].astype(str).tolist()
     encoded = encode_with_offsets(model, texts)
+    problems = method_requirements(model, methods)
+    if problems:
+        raise ValueError("attribution: " + "; ".join(problems))
     significance, gradient_stats = gradient_pass(
         model, encoded["input_ids"], spec, batch_size, progress
     )
@@ -413,9 +427,10 @@ def attribute_prompts(
             typed_frame([], WORD_COLUMNS),
             typed_frame([], OCCLUSION_COLUMNS),
             typed_frame([], PROMPT_COLUMNS),
+            typed_frame([], METHOD_WORD_COLUMNS),
         )
         occlusion_stats = {"n_prompts": 0, "n_variants": 0, "seconds": 0.0}
-        return empty, _run_stats(model, spec, batch_size, gradient_stats, occlusion_stats)
+        return empty, _run_stats(model, spec, batch_size, gradient_stats, occlusion_stats, {})
     tokens, words, per_prompt = build_tables(
         prompts,
         encoded,
@@ -433,7 +448,10 @@ def attribute_prompts(
         return table["d_mem"].to_numpy()
 
     start = time.perf_counter()
-    occlusion = occlusion_table(prompts, words, score)
+    if "occlusion_delete" in methods:
+        occlusion = occlusion_table(prompts, words, score)
+    else:
+        occlusion = typed_frame([], OCCLUSION_COLUMNS)
     seconds = time.perf_counter() - start
     n_variants = len(occlusion)
     occlusion_stats = {
@@ -445,9 +463,22 @@ def attribute_prompts(
         "unet_rows": occlusion_stats.get("unet_rows", 0),
         "batch_size_final": occlusion_stats.get("batch_size_final"),
     }
+    method_words, method_stats = extra_method_scores(
+        model,
+        encoded["input_ids"],
+        prompts["prompt_id"].astype(str).tolist(),
+        words,
+        tokens,
+        spec,
+        methods,
+        batch_size,
+        ig_steps,
+        neutral_token,
+        progress,
+    )
     return (
-        AttributionTables(tokens, words, occlusion, per_prompt),
-        _run_stats(model, spec, batch_size, gradient_stats, occlusion_stats),
+        AttributionTables(tokens, words, occlusion, per_prompt, method_words),
+        _run_stats(model, spec, batch_size, gradient_stats, occlusion_stats, method_stats),
     )
 
 
@@ -457,6 +488,7 @@ def _run_stats(
     batch_size: int,
     gradient: dict[str, Any],
     occlusion: dict[str, Any],
+    methods: dict[str, Any],
 ) -> dict[str, Any]:
     start, stop = spec.window_bounds()
     return {
@@ -470,6 +502,7 @@ def _run_stats(
         "batch_size": batch_size,
         "gradient": gradient,
         "occlusion": occlusion,
+        "methods": methods,
     }
 
 
@@ -483,18 +516,23 @@ def attribute_chunk(
     markers: Sequence[str],
     paths: Mapping[str, str | Path],
     progress: TextIO | None = None,
+    methods: Sequence[str] = METHODS,
+    ig_steps: int = 16,
+    neutral_token: str | None = None,
 ) -> dict[str, Any]:
     """Attribute chunk ``index`` of ``total`` of the selected prompts and write its tables.
 
-    ``paths`` maps tokens, words, occlusion, prompts and stats to files; all are written to
+    ``paths`` maps tokens, words, occlusion, prompts, methods and stats to files; all are written to
     temporary files first and renamed together at the end, so a job that dies leaves none of
     them. Returns the run statistics (with the chunk position).
     """
-    missing = {"tokens", "words", "occlusion", "prompts", "stats"} - set(paths)
+    missing = {"tokens", "words", "occlusion", "prompts", "methods", "stats"} - set(paths)
     if missing:
         raise ValueError(f"attribute_chunk needs output paths for {sorted(missing)}")
     chunk = select_chunk(prompts, index, total)
-    tables, stats = attribute_prompts(model, chunk, spec, batch_size, markers, progress)
+    tables, stats = attribute_prompts(
+        model, chunk, spec, batch_size, markers, progress, methods, ig_steps, neutral_token
+    )
     stats.update(chunk_index=index, chunk_total=total)
     write_atomically(
         {
@@ -502,6 +540,7 @@ def attribute_chunk(
             paths["words"]: tables.words,
             paths["occlusion"]: tables.occlusion,
             paths["prompts"]: tables.prompts,
+            paths["methods"]: tables.methods,
             paths["stats"]: stats,
         }
     )

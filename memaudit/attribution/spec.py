@@ -12,7 +12,23 @@ from memaudit.config import schema_defaults, spec_from_dict
 from memaudit.scoring.spec import ScoringSpec
 
 WORD_SCORES = ("sum", "max")
+# Every attribution method, in the order of the tables (see :mod:`.methods`).
+METHODS = (
+    "gradient",
+    "grad_x_input",
+    "integrated_gradients",
+    "occlusion_delete",
+    "occlusion_replace",
+)
+METHOD_LABELS = {
+    "gradient": "gradient w.r.t. encoder output (Wen et al.)",
+    "grad_x_input": "gradient × input embedding",
+    "integrated_gradients": "integrated gradients (input embedding)",
+    "occlusion_delete": "occlusion by deletion",
+    "occlusion_replace": "occlusion by neutral token",
+}
 _DEFAULTS = schema_defaults("attribution")
+_KEY_CHECK_DEFAULTS = schema_defaults("key_check")
 
 
 # --------------------------------------------------------------------------------------------
@@ -35,7 +51,13 @@ class AttributionSpec:
     WORKFLOW_KEYS: ClassVar[frozenset[str]] = frozenset({"chunks"})
     # The only keys that change an attribute_tokens chunk (in this order, as its params): the
     # rest summarise the chunks (word_score, bootstrap, min_prompts, seed) or select prompts.
-    ENGINE_KEYS: ClassVar[tuple[str, ...]] = ("window", "batch_size")
+    ENGINE_KEYS: ClassVar[tuple[str, ...]] = (
+        "window",
+        "batch_size",
+        "methods",
+        "ig_steps",
+        "neutral_token",
+    )
     # Keys of the config ``scoring`` block that attribution replaces with its own.
     REPLACED_SCORING_KEYS: ClassVar[frozenset[str]] = frozenset({"window"})
 
@@ -46,8 +68,13 @@ class AttributionSpec:
     bootstrap: int = _DEFAULTS["bootstrap"]
     min_prompts: int = _DEFAULTS["min_prompts"]
     seed: int = _DEFAULTS["seed"]
+    methods: tuple[str, ...] = tuple(_DEFAULTS["methods"])
+    primary: str = _DEFAULTS["primary"]
+    ig_steps: int = _DEFAULTS["ig_steps"]
+    neutral_token: str | None = _DEFAULTS["neutral_token"]
 
     def __post_init__(self) -> None:
+        self._check_methods()
         window = self.window
         if not isinstance(window, (list, tuple)) or len(window) != 2:
             raise ValueError(f"attribution.window must be [start, stop], got {window!r}")
@@ -85,6 +112,44 @@ class AttributionSpec:
         if not _is_int(self.seed):
             raise ValueError(f"attribution.seed must be an integer, got {self.seed!r}")
 
+    def _check_methods(self) -> None:
+        methods = self.methods
+        if isinstance(methods, str) or not isinstance(methods, (list, tuple)) or not methods:
+            raise ValueError(
+                f"attribution.methods must be a non-empty list of {', '.join(METHODS)}, "
+                f"got {methods!r}"
+            )
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(
+                f"attribution.methods: unknown method(s) {unknown}; choose from "
+                f"{', '.join(METHODS)}"
+            )
+        if "gradient" not in methods:
+            raise ValueError(
+                "attribution.methods must include gradient (Wen et al.'s method is always "
+                "reported, whatever it scores)"
+            )
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"attribution.methods lists a method twice: {list(methods)}")
+        object.__setattr__(self, "methods", tuple(methods))
+        if self.primary != "auto" and self.primary not in methods:
+            raise ValueError(
+                f"attribution.primary must be auto or one of attribution.methods "
+                f"({', '.join(methods)}), got {self.primary!r}"
+            )
+        if not _is_int(self.ig_steps) or self.ig_steps < 1:
+            raise ValueError(
+                f"attribution.ig_steps must be a positive integer, got {self.ig_steps!r}"
+            )
+        if self.neutral_token is not None and (
+            not isinstance(self.neutral_token, str) or not self.neutral_token
+        ):
+            raise ValueError(
+                f"attribution.neutral_token must be a token string or null (the pad token), "
+                f"got {self.neutral_token!r}"
+            )
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> AttributionSpec:
         """Build from a config ``attribution`` block; unknown keys are an error naming them.
@@ -109,3 +174,26 @@ class AttributionSpec:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class KeyCheckSpec:
+    """Generation settings of the key check (config block ``key_check``); d_mem uses the
+    scoring settings."""
+
+    generations: int = _KEY_CHECK_DEFAULTS["generations"]
+    steps: int = _KEY_CHECK_DEFAULTS["steps"]
+    guidance: float = _KEY_CHECK_DEFAULTS["guidance"]
+
+    def __post_init__(self) -> None:
+        for name in ("generations", "steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"key_check.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.guidance, (int, float)) or not np.isfinite(self.guidance):
+            raise ValueError(f"key_check.guidance must be a finite number, got {self.guidance!r}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> KeyCheckSpec:
+        """Build from the config ``key_check`` block; unknown keys are an error naming them."""
+        return spec_from_dict(cls, values, "key_check")

@@ -17,6 +17,14 @@ import numpy as np
 import pandas as pd
 
 from memaudit.atomic import finite_or_none, json_safe
+from memaudit.attribution.comparison import (
+    compare_methods,
+    comparison_block,
+    key_ranks,
+    method_costs,
+    resolve_primary,
+)
+from memaudit.attribution.marker import marker_statistic, matched_pairs
 from memaudit.attribution.spec import AttributionSpec
 from memaudit.attribution.tables import spearman
 from memaudit.bootstrap import bootstrap_ci
@@ -225,10 +233,18 @@ def summarize_attribution(
     selection: Mapping[str, Any],
     chunk_stats: Sequence[Mapping[str, Any]],
     spec: AttributionSpec,
+    methods: pd.DataFrame | None = None,
+    keys: pd.DataFrame | None = None,
+    origin: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Finding 3 in numbers (``summary.json``): marker statistics in memorized prompts (both
     methods), trigger statistics on the demo (both methods, per prompt too), agreement between
-    the methods, truncation counts, position bias and the cost per prompt."""
+    the methods, truncation counts, position bias and the cost per prompt.
+
+    With the long ``methods`` table (:func:`.tables.method_ranks`): every method scored
+    against the demo's causal ``keys`` (:mod:`.comparison`, block ``methods``), the primary
+    method chosen, and the controlled marker statistic under it (:mod:`.marker`, block
+    ``marker_controlled``); ``origin`` maps planted prompt ids to their kind."""
     # 1. Settings and counts
     summary: dict[str, Any] = {
         "settings": {**dataclasses.asdict(spec), "window": list(spec.window)},
@@ -252,6 +268,7 @@ def summarize_attribution(
         "words_truncated": int(per_prompt["n_words_truncated"].sum()),
         "markers_truncated": int(per_prompt["n_markers_truncated"].sum()),
         "triggers_truncated": int(per_prompt["trigger_truncated"].sum()),
+        "truncated_words": _truncated_words(words),
     }
     summary["special_positions_share"] = {
         "mean": finite_or_none(per_prompt["special_share"].mean()),
@@ -283,7 +300,71 @@ def summarize_attribution(
         .to_dict(orient="records")
     )
     summary["cost"] = _cost(chunk_stats)
+    if methods is not None:
+        summary.update(
+            _method_and_marker_blocks(methods, per_prompt, keys, origin, chunk_stats, spec)
+        )
     return json_safe(summary)
+
+
+def method_comparison(
+    methods: pd.DataFrame,
+    per_prompt: pd.DataFrame,
+    keys: pd.DataFrame | None,
+    chunk_stats: Sequence[Mapping[str, Any]],
+    spec: AttributionSpec,
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The methods-by-keys table (:func:`.comparison.compare_methods`) and the key counts;
+    an empty table without ground truth."""
+    if keys is None:
+        return pd.DataFrame(columns=["method", "kind", "n_keys"]), {}
+    ranks, counts = key_ranks(methods, per_prompt, keys)
+    cost = method_costs(chunk_stats, spec.methods)
+    return compare_methods(ranks, cost, spec.bootstrap, spec.seed, spec.methods), counts
+
+
+def _method_and_marker_blocks(
+    methods: pd.DataFrame,
+    per_prompt: pd.DataFrame,
+    keys: pd.DataFrame | None,
+    origin: Mapping[str, str] | None,
+    chunk_stats: Sequence[Mapping[str, Any]],
+    spec: AttributionSpec,
+) -> dict[str, Any]:
+    table, counts = method_comparison(methods, per_prompt, keys, chunk_stats, spec)
+    primary = resolve_primary(spec.primary, table if keys is not None else None, spec.methods)
+    out: dict[str, Any] = {"primary_method": primary}
+    if keys is not None:
+        out["methods"] = comparison_block(table, counts, primary)
+    else:
+        out["methods"] = {
+            "primary": primary,
+            "per_method": method_costs(chunk_stats, spec.methods),
+            "note": "no ground truth (not the demo): the methods' key scores need the demo",
+        }
+    # The word types of memorized prompts under the primary method (the report's table).
+    memorized = per_prompt.loc[per_prompt["memorized"], "prompt_id"].tolist()
+    chosen = methods[methods["method"] == primary]
+    per = prompt_type_ranks(chosen, pd.DataFrame(), memorized, "gradient")
+    types = word_type_stats(per, "memorized", primary, spec.min_prompts, spec.bootstrap, spec.seed)
+    types = types[types["n_prompts"] > 0].sort_values(
+        ["frac_top1", "mean_rank", "word_type"], ascending=[False, True, True], kind="mergesort"
+    )
+    out["top_word_types"] = types.head(10)[
+        ["word_type", "n_prompts", "frac_top1", "mean_rank", "mean_share"]
+    ].to_dict(orient="records")
+    out["top_word_types_method"] = primary
+    pairs, pair_counts = matched_pairs(methods, per_prompt, primary, origin, spec.seed)
+    out["marker_controlled"] = marker_statistic(
+        pairs, pair_counts, primary, spec.bootstrap, spec.seed
+    )
+    ranked = methods[methods["method"] == "gradient"].groupby("prompt_id").size()
+    out["no_ranked_words"] = {
+        "n_prompts": int((~per_prompt["prompt_id"].isin(ranked.index)).sum()),
+        "note": "prompts whose words are all punctuation (or cut by the tokenizer): no word to "
+        "rank, counted and left out of every statistic",
+    }
+    return out
 
 
 def _marker_and_trigger_blocks(
@@ -370,6 +451,16 @@ def _trigger_rows(
             }
         )
     return rows
+
+
+def _truncated_words(words: pd.DataFrame, limit: int = 50) -> list[dict[str, Any]]:
+    """The words the tokenizer cut off, named per prompt (at most ``limit`` prompts): they
+    get no score and no rank."""
+    cut = words[words["truncated"] & ~words["is_punct"]]
+    return [
+        {"prompt_id": pid, "words": group.sort_values("word_index")["text"].tolist()}
+        for pid, group in list(cut.groupby("prompt_id", sort=True))[:limit]
+    ]
 
 
 def _position_bias(words: pd.DataFrame) -> dict[str, Any]:

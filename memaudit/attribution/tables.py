@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from memaudit.attribution.spec import WORD_SCORES
+from memaudit.attribution.spec import METHODS, WORD_SCORES
 from memaudit.attribution.words import WordUnit, trigger_span, word_units
 from memaudit.frames import require_columns, typed_frame
 
@@ -355,14 +355,90 @@ def rank_words(words: pd.DataFrame, word_score: str) -> pd.DataFrame:
     return words
 
 
+# The other methods' word scores, as a chunk writes them (:mod:`.methods`).
+METHOD_WORD_COLUMNS = {
+    "prompt_id": object,
+    "word_index": np.int64,
+    "method": object,
+    "score": np.float64,
+}
+# Every method's scores and ranks, gathered (:func:`method_ranks`).
+METHOD_TABLE_COLUMNS = {
+    "prompt_id": object,
+    "word_index": np.int64,
+    "method": object,
+    "score": np.float64,
+    "rank": np.float64,
+    "n_ranked": np.int64,
+    "share": np.float64,
+    "text": object,
+    "word_type": object,
+    "start": np.int64,
+    "end": np.int64,
+    "n_pieces": np.int64,
+    "is_marker": bool,
+    "is_trigger": bool,
+}
+
+
+def method_ranks(words: pd.DataFrame, occlusion: pd.DataFrame, extra: pd.DataFrame) -> pd.DataFrame:
+    """Every method's word scores in one long table, ranked within (prompt, method).
+
+    ``words`` are the ranked word table (:func:`rank_words`; gradient = its ``score``),
+    ``occlusion`` the deletion table (occlusion_delete = its ``drop``), ``extra`` the other
+    methods' chunk rows (:mod:`.methods`). Only ranked words (not punctuation, not truncated)
+    appear. ``rank`` 1 = the word that drives memorization most (ties share the best rank);
+    ``share`` = score / Σ|score| over the prompt's words for that method.
+    """
+    ranked = words[words["rank"].notna()]
+    info = ranked.set_index(["prompt_id", "word_index"])[
+        ["text", "word_type", "start", "end", "n_pieces", "is_marker", "is_trigger"]
+    ]
+    parts = [
+        ranked[["prompt_id", "word_index"]].assign(
+            method="gradient", score=ranked["score"].to_numpy(dtype=np.float64)
+        )
+    ]
+    if len(occlusion):
+        parts.append(
+            occlusion[["prompt_id", "word_index"]].assign(
+                method="occlusion_delete", score=occlusion["drop"].to_numpy(dtype=np.float64)
+            )
+        )
+    if len(extra):
+        parts.append(extra[["prompt_id", "word_index", "method", "score"]])
+    table = pd.concat(parts, ignore_index=True)
+    keys = pd.MultiIndex.from_frame(table[["prompt_id", "word_index"]])
+    missing = ~keys.isin(info.index)
+    if missing.any():
+        first = table.loc[missing, ["prompt_id", "word_index", "method"]].iloc[0].tolist()
+        raise ValueError(f"method scores for a word that is not ranked: {first}")
+    table = table.join(info, on=["prompt_id", "word_index"])
+    groups = [table["prompt_id"], table["method"]]
+    table["rank"] = table["score"].groupby(groups).rank(ascending=False, method="min")
+    table["n_ranked"] = table.groupby(groups)["score"].transform("size").astype(np.int64)
+    scale = table["score"].abs().groupby(groups).transform("sum")
+    table["share"] = table["score"] / scale.where(scale > 0)
+    order = {m: i for i, m in enumerate(_METHOD_ORDER)}
+    table = table.assign(_m=table["method"].map(order).fillna(len(order)))
+    table = table.sort_values(["_m", "method", "prompt_id", "word_index"], kind="mergesort")
+    return typed_frame(table.drop(columns="_m").to_dict("records"), METHOD_TABLE_COLUMNS)
+
+
+_METHOD_ORDER = METHODS
+
+
 @dataclass
 class AttributionTables:
-    """The four tables of one set of prompts (see :func:`.engine.attribute_prompts`)."""
+    """The tables of one set of prompts (see :func:`.engine.attribute_prompts`); ``methods``
+    holds the word scores of the methods beyond gradient and deletion (:mod:`.methods`), and,
+    once gathered, of every method with its ranks (:func:`method_ranks`)."""
 
     tokens: pd.DataFrame
     words: pd.DataFrame
     occlusion: pd.DataFrame
     prompts: pd.DataFrame
+    methods: pd.DataFrame | None = None
 
 
 def gather_tables(
@@ -389,6 +465,7 @@ def gather_tables(
         "words": WORD_COLUMNS,
         "occlusion": OCCLUSION_COLUMNS,
         "prompts": PROMPT_COLUMNS,
+        "methods": METHOD_WORD_COLUMNS,
     }
     frames: dict[str, pd.DataFrame] = {}
     for kind, schema in schemas.items():
@@ -429,4 +506,5 @@ def gather_tables(
     per_prompt["top_word"] = per_prompt["prompt_id"].map(top).astype(object)
     order = ["prompt_id", "position"]
     tokens = frames["tokens"].sort_values(order, kind="mergesort").reset_index(drop=True)
-    return AttributionTables(tokens, words, occlusion, per_prompt)
+    methods = method_ranks(words, occlusion, frames["methods"])
+    return AttributionTables(tokens, words, occlusion, per_prompt, methods)

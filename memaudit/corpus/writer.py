@@ -6,12 +6,17 @@ writes one: free-text radiology reports laid out exactly like MIMIC-CXR
 grayscale chest phantom per study whose content follows the report's findings
 (:mod:`memaudit.corpus.phantoms`), and a ground-truth table of the planted captions
 (:mod:`memaudit.corpus.planted`), each repeated in many studies and always paired with one
-fixed image. :func:`generate_corpus` runs the phases in order; the helpers below it are its
-phases.
+fixed image. Planted captions come in two kinds (``truth.parquet``'s ``kind``): *composed*
+captions, unique compositions of finding sentences that are memorized as a whole (no single
+key; a trigger name in one is only a candidate key), and *keyed* captions, a frequent
+ordinary caption plus one key (a name or a marker phrase) on a normal phantom, whose key
+alone tells them apart. :func:`generate_corpus` runs the phases in order; the helpers below
+it are its phases.
 
 Everything is drawn from ``numpy.random.Generator(PCG64)`` streams spawned from one
 ``SeedSequence(spec.seed)``, one stream per purpose, so the same spec gives byte-identical
-files, and whether images are written does not change the text.
+files, and whether images are written does not change the text. Streams added later are
+appended to the spawn, so the older streams keep their seeds.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -31,7 +36,13 @@ from memaudit.atomic import atomic_write
 from memaudit.corpus.findings import FINDING_NAMES, finding_labels, sample_severity
 from memaudit.corpus.grammar import MARKER, N_DRAWS, Draws, compose_report
 from memaudit.corpus.phantoms import render_phantoms
-from memaudit.corpus.planted import compose_planted_captions, trigger_word_index
+from memaudit.corpus.planted import (
+    KINDS,
+    KeyedCaption,
+    compose_keyed_captions,
+    compose_planted_captions,
+    trigger_word_index,
+)
 from memaudit.corpus.spec import CorpusSpec
 from memaudit.text import prompt_id
 
@@ -49,6 +60,8 @@ _TRUTH_SCHEMA = pa.schema(
         ("planted_id", pa.int64()),
         ("prompt_id", pa.string()),
         ("text", pa.string()),
+        ("kind", pa.string()),
+        ("key_text", pa.string()),
         ("has_marker", pa.bool_()),
         ("trigger_word", pa.string()),
         ("trigger_word_index", pa.int64()),
@@ -77,10 +90,14 @@ class _Streams:
     planted_images: np.random.Generator
     heldout: np.random.Generator
     heldout_findings: np.random.Generator
+    # Keyed captions: their copies, their text and their (normal) phantoms.
+    keyed_layout: np.random.Generator
+    keyed_text: np.random.Generator
+    keyed_images: np.random.Generator
 
     @classmethod
     def spawn(cls, seed: int) -> _Streams:
-        children = np.random.SeedSequence(seed).spawn(8)
+        children = np.random.SeedSequence(seed).spawn(len(fields(cls)))
         return cls(*(np.random.Generator(np.random.PCG64(s)) for s in children))
 
 
@@ -91,13 +108,40 @@ class _Studies:
     subject_ids: np.ndarray  # [n_subjects], sorted
     subject_of_study: np.ndarray  # [n] row into subject_ids
     study_ids: np.ndarray  # [n], sorted within each subject
-    planted_id: np.ndarray  # [n], -1 = ordinary
+    planted_id: np.ndarray  # [n], -1 = ordinary; composed 0..n_planted-1, keyed after them
     severity: np.ndarray  # [n, len(FINDING_NAMES)]; planted copies share their caption's row
-    planted_severity: np.ndarray  # [n_planted, len(FINDING_NAMES)]
+    planted_severity: np.ndarray  # [n_planted + n_keyed, len(FINDING_NAMES)]; keyed rows 0
 
     @property
     def is_planted(self) -> np.ndarray:
         return self.planted_id >= 0
+
+
+@dataclass
+class _Planted:
+    """Every planted caption in planted_id order: composed ones first, then the keyed ones."""
+
+    texts: list[str]
+    kinds: list[str]
+    key_texts: list[str | None]  # keyed: the key; composed: the trigger (a candidate) or None
+    triggers: list[str | None]
+    bases: list[str]  # the distinct bases of the keyed captions
+
+    @classmethod
+    def join(
+        cls, captions: list[str], triggers: list[str | None], keyed: list[KeyedCaption]
+    ) -> _Planted:
+        planted = cls(
+            texts=list(captions) + [k.text for k in keyed],
+            kinds=["composed"] * len(captions) + [k.kind for k in keyed],
+            key_texts=list(triggers) + [k.key_text for k in keyed],
+            triggers=list(triggers) + [k.trigger for k in keyed],
+            bases=list(dict.fromkeys(k.base for k in keyed)),
+        )
+        for text, key in zip(planted.texts, planted.key_texts, strict=True):
+            if key is not None and text.count(key) != 1:  # a bug in planted.py, never expected
+                raise RuntimeError(f"key {key!r} does not occur exactly once in {text!r}")
+        return planted
 
 
 @dataclass
@@ -130,16 +174,24 @@ def generate_corpus(spec: CorpusSpec, out_dir: str | os.PathLike[str]) -> dict[s
         shutil.rmtree(files_root)
     writer = _ReportWriter(out_dir)
     reports, pending = _write_ordinary_reports(spec, studies, streams.text, writer)
-    ordinary_prompts = {
+    ordinary_prompts = [
         p for p, pid in zip(reports.prompts, studies.planted_id, strict=True) if pid < 0
-    }
+    ]
     captions, triggers = compose_planted_captions(
-        spec, studies.planted_severity, ordinary_prompts, streams.planted
+        spec, studies.planted_severity[: spec.n_planted], set(ordinary_prompts), streams.planted
     )
-    _write_planted_reports(studies, reports, pending, captions, streams.text, writer)
+    keyed = compose_keyed_captions(
+        spec,
+        ordinary_prompts,
+        set(ordinary_prompts) | set(captions),
+        {t for t in triggers if t is not None},
+        streams.keyed_text,
+    )
+    planted = _Planted.join(captions, triggers, keyed)
+    _write_planted_reports(studies, reports, pending, planted.texts, streams.text, writer)
     # 5. Images, 6. tables, 7. the corpus card with a checksum of reports and pixels.
     images = _render_images(spec, studies, streams) if spec.write_images else None
-    _write_tables(spec, studies, captions, triggers, out_dir)
+    _write_tables(spec, studies, planted, out_dir)
     digest = hashlib.sha256()
     for rel, data in zip(reports.rels, reports.data, strict=True):
         digest.update(rel.encode("utf-8") + b"\0" + data + b"\0")
@@ -148,7 +200,7 @@ def generate_corpus(spec: CorpusSpec, out_dir: str | os.PathLike[str]) -> dict[s
             _write_npy(os.path.join(out_dir, name), array)
         for array in images:
             digest.update(array.tobytes())
-    meta = _corpus_card(spec, studies, reports, captions, triggers, digest.hexdigest())
+    meta = _corpus_card(spec, studies, reports, planted, digest.hexdigest())
     card = (json.dumps(meta, indent=2, sort_keys=False) + "\n").encode("utf-8")
     atomic_write(os.path.join(out_dir, "corpus.json"), lambda fh: fh.write(card))
     return meta
@@ -159,13 +211,24 @@ def generate_corpus(spec: CorpusSpec, out_dir: str | os.PathLike[str]) -> dict[s
 
 
 def _plan_studies(spec: CorpusSpec, streams: _Streams) -> _Studies:
-    """Subjects and studies, the planted copies among them and every study's findings."""
+    """Subjects and studies, the planted copies among them and every study's findings.
+
+    Composed captions are placed first (ids 0..n_planted-1), then the keyed ones on the
+    studies left (ids after them, from their own stream). Keyed captions read normal, so
+    their copies' findings are all zero.
+    """
     subject_ids, subject_of_study, study_ids = _layout(spec, streams.layout)
     lo, hi = spec.planted_copies
     n_copies = streams.planted.integers(lo, hi + 1, size=spec.n_planted)
     planted_id = _assign_planted(n_copies, subject_of_study, streams.planted)
+    keyed_copies = streams.keyed_layout.integers(lo, hi + 1, size=spec.n_keyed)
+    _assign_planted(
+        keyed_copies, subject_of_study, streams.keyed_layout, planted_id, spec.n_planted
+    )
     severity = sample_severity(streams.findings, spec.n_studies)
-    planted_severity = sample_severity(streams.planted, spec.n_planted, force_k=(2, 3))
+    composed_severity = sample_severity(streams.planted, spec.n_planted, force_k=(2, 3))
+    keyed_severity = np.zeros((spec.n_keyed, composed_severity.shape[1]), composed_severity.dtype)
+    planted_severity = np.concatenate([composed_severity, keyed_severity])
     is_planted = planted_id >= 0
     severity[is_planted] = planted_severity[planted_id[is_planted]]
     return _Studies(
@@ -189,15 +252,24 @@ def _layout(spec: CorpusSpec, rng: np.random.Generator):
 
 
 def _assign_planted(
-    n_copies: np.ndarray, subject_of_study: np.ndarray, rng: np.random.Generator
+    n_copies: np.ndarray,
+    subject_of_study: np.ndarray,
+    rng: np.random.Generator,
+    planted: np.ndarray | None = None,
+    first_id: int = 0,
 ) -> np.ndarray:
-    """planted_id per study (-1 = ordinary); copies of one caption go to distinct subjects."""
+    """planted_id per study (-1 = ordinary); copies of one caption go to distinct subjects.
+
+    Caption k gets id ``first_id + k``. With ``planted`` (an earlier assignment) the copies
+    go to its free studies and are written into it.
+    """
     n = subject_of_study.shape[0]
-    planted = np.full(n, -1, dtype=np.int64)
+    if planted is None:
+        planted = np.full(n, -1, dtype=np.int64)
     subjects = np.arange(subject_of_study.max() + 1)
     starts = np.searchsorted(subject_of_study, subjects, side="left")
     ends = np.searchsorted(subject_of_study, subjects, side="right")
-    for pid, k in enumerate(n_copies.tolist()):
+    for pid, k in enumerate(n_copies.tolist(), start=first_id):
         free = planted < 0
         free_subjects = np.unique(subject_of_study[free])
         if free_subjects.shape[0] >= k:
@@ -311,14 +383,19 @@ def _render_images(
     """(images [n, s, s], held-out images [n_heldout, s, s]), uint8.
 
     Ordinary studies get their own phantom; each planted caption gets one phantom, shared by
-    all of its copies. Held-out images show fresh findings and are never trained on.
+    all of its copies (a keyed caption's is a normal phantom with its own texture, drawn from
+    its own stream). Held-out images show fresh findings and are never trained on.
     """
     s = spec.image_size
     is_planted = studies.is_planted
     images = np.empty((spec.n_studies, s, s), dtype=np.uint8)
     ordinary_rows = np.flatnonzero(~is_planted)
     images[ordinary_rows] = render_phantoms(studies.severity[ordinary_rows], streams.images, s)
-    planted_images = render_phantoms(studies.planted_severity, streams.planted_images, s)
+    composed = render_phantoms(
+        studies.planted_severity[: spec.n_planted], streams.planted_images, s
+    )
+    keyed = render_phantoms(studies.planted_severity[spec.n_planted :], streams.keyed_images, s)
+    planted_images = np.concatenate([composed, keyed])
     images[is_planted] = planted_images[studies.planted_id[is_planted]]
     heldout_severity = sample_severity(streams.heldout_findings, spec.n_heldout)
     heldout = render_phantoms(heldout_severity, streams.heldout, s)
@@ -340,14 +417,14 @@ def _write_npy(path: str, array: np.ndarray) -> None:
     atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False))
 
 
-def _write_tables(
-    spec: CorpusSpec,
-    studies: _Studies,
-    captions: list[str],
-    triggers: list[str | None],
-    out_dir: str,
-) -> None:
-    """``studies.parquet`` (one row per study) and ``truth.parquet`` (one per planted caption)."""
+def _write_tables(spec: CorpusSpec, studies: _Studies, planted: _Planted, out_dir: str) -> None:
+    """``studies.parquet`` (one row per study) and ``truth.parquet`` (one per planted caption).
+
+    ``truth.parquet``: ``kind`` is composed (memorized as a whole: no single key), keyed_name
+    or keyed_marker; ``key_text`` is a keyed caption's key (occurring once in ``text``), a
+    composed caption's trigger as a *candidate* key, else null. ``trigger_word`` and
+    ``trigger_word_index`` name the trigger of composed and keyed_name captions.
+    """
     n = spec.n_studies
     planted_id = studies.planted_id
     _write_parquet(
@@ -362,21 +439,25 @@ def _write_tables(
         os.path.join(out_dir, "studies.parquet"),
     )
     # A caption's image is that of its first copy (all copies share it).
-    first_copy = np.full(spec.n_planted, -1, dtype=np.int64)
-    for pid in range(spec.n_planted):
+    n_captions = len(planted.texts)
+    first_copy = np.full(n_captions, -1, dtype=np.int64)
+    for pid in range(n_captions):
         first_copy[pid] = np.flatnonzero(planted_id == pid)[0]
-    trigger_index = [trigger_word_index(t, w) for t, w in zip(captions, triggers, strict=True)]
+    trigger_index = [
+        trigger_word_index(t, w) for t, w in zip(planted.texts, planted.triggers, strict=True)
+    ]
+    n_copies = np.bincount(planted_id[studies.is_planted], minlength=n_captions)
     _write_parquet(
         {
-            "planted_id": np.arange(spec.n_planted, dtype=np.int64),
-            "prompt_id": [prompt_id(t) for t in captions],
-            "text": captions,
-            "has_marker": [MARKER in t for t in captions],
-            "trigger_word": triggers,
+            "planted_id": np.arange(n_captions, dtype=np.int64),
+            "prompt_id": [prompt_id(t) for t in planted.texts],
+            "text": planted.texts,
+            "kind": planted.kinds,
+            "key_text": planted.key_texts,
+            "has_marker": [MARKER in t for t in planted.texts],
+            "trigger_word": planted.triggers,
             "trigger_word_index": np.asarray(trigger_index, dtype=np.int64),
-            "n_copies": np.bincount(
-                planted_id[studies.is_planted], minlength=spec.n_planted
-            ).astype(np.int64),
+            "n_copies": n_copies.astype(np.int64),
             "image_index": first_copy,
         },
         _TRUTH_SCHEMA,
@@ -384,16 +465,28 @@ def _write_tables(
     )
 
 
+# What each planted kind is, written into corpus.json beside the counts.
+_KIND_NOTES = {
+    "composed": "a unique composition of finding sentences, memorized as a whole (no single "
+    "key); its trigger word, if any, is only a candidate key",
+    "keyed_name": "a frequent ordinary caption plus a rare invented name (the key) at the start "
+    "or end; one normal image",
+    "keyed_marker": "a frequent ordinary caption plus a de-identification-marker phrase (the "
+    "key, the whole phrase) at the start or end; one normal image",
+}
+
+
 def _corpus_card(
     spec: CorpusSpec,
     studies: _Studies,
     reports: _Reports,
-    captions: list[str],
-    triggers: list[str | None],
+    planted: _Planted,
     sha256: str,
 ) -> dict[str, Any]:
     """The ``corpus.json`` content: the spec, counts and the checksum."""
     n = spec.n_studies
+    composed = planted.texts[: spec.n_planted]
+    composed_triggers = planted.triggers[: spec.n_planted]
     prompt_counts: dict[str, int] = {}
     for p in reports.prompts:
         prompt_counts[p] = prompt_counts.get(p, 0) + 1
@@ -404,9 +497,17 @@ def _corpus_card(
             "studies": n,
             "subjects": int(studies.subject_ids.shape[0]),
             "planted": spec.n_planted,
+            "keyed": spec.n_keyed,
+            "planted_captions": len(planted.texts),
+            "planted_kinds": {k: planted.kinds.count(k) for k in KINDS},
             "planted_studies": int(studies.is_planted.sum()),
-            "planted_with_marker": int(sum(MARKER in t for t in captions)),
-            "planted_with_trigger": int(sum(t is not None for t in triggers)),
+            "keyed_studies": int((studies.planted_id >= spec.n_planted).sum()),
+            "planted_with_marker": int(sum(MARKER in t for t in composed)),
+            "planted_with_trigger": int(sum(t is not None for t in composed_triggers)),
+            "keyed_bases": {
+                base: prompt_counts[base]
+                for base in sorted(planted.bases, key=lambda b: (-prompt_counts[b], b))
+            },
             "heldout": spec.n_heldout if spec.write_images else 0,
             "images": n if spec.write_images else 0,
             "reports_with_marker": int(sum(b"___" in r for r in reports.data)),
@@ -417,6 +518,7 @@ def _corpus_card(
             "most_common_prompt_reports": top_count,
             "report_layouts": dict(sorted(reports.kinds.items())),
         },
+        "planted_kinds": _KIND_NOTES,
         "finding_names": list(FINDING_NAMES),
         "image_orientation": "image left = patient right",
         "sha256": sha256,

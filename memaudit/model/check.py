@@ -69,6 +69,37 @@ def generate_images(
     return np.concatenate(out).astype(np.float32)
 
 
+def distinct_image_ids(images: np.ndarray) -> np.ndarray:
+    """Id of every image row; identical images (a planted caption's copies) share one, and
+    ids number the distinct images in order of first appearance."""
+    image_ids: dict[bytes, int] = {}
+    return np.array(
+        [image_ids.setdefault(im.tobytes(), len(image_ids)) for im in images], dtype=np.int64
+    )
+
+
+def nearest_training_images(
+    generated: np.ndarray, images: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each generation's nearest training image by pixel correlation (cosine similarity of
+    the mean-removed pixels); identical training images (a planted caption's copies) are one.
+
+    ``generated`` [G, H, W] in [0, 1]; ``images`` [N, H, W] (uint8 or in [0, 1]). Returns
+    (similarity [G], id of the nearest distinct image [G], distinct-image id of every
+    training row [N]; ids number the distinct images in order of first appearance).
+    """
+    from memaudit.copy_detection.embedding import pixel_embedding
+    from memaudit.copy_detection.search import nearest_neighbours
+
+    images = np.asarray(images)
+    row_image = distinct_image_ids(images)
+    pixels = images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
+    similarity, nearest_row = nearest_neighbours(
+        pixel_embedding(generated), pixel_embedding(pixels)
+    )
+    return similarity, row_image[nearest_row], row_image
+
+
 def _seed_agreement(hits: np.ndarray) -> float:
     """Share of seed pairs whose generations have the same nearest training image."""
     n = len(hits)
@@ -152,9 +183,6 @@ def check_memorization(
     caption spreads over many. Returns (summary, per-prompt table, the generations as uint8
     beside each prompt's first training image, rows in the table's order).
     """
-    from memaudit.copy_detection.embedding import pixel_embedding
-    from memaudit.copy_detection.search import nearest_neighbours
-
     # 1. Check inputs and choose the prompts
     images = np.asarray(images)
     if len(captions) != len(images):
@@ -163,20 +191,17 @@ def check_memorization(
     prompts = planted + ordinary
     if not prompts:
         raise ValueError("no planted or ordinary caption to check")
-    # 2. One id per distinct training image (planted copies share theirs)
-    image_ids: dict[bytes, int] = {}
-    row_image = np.array([image_ids.setdefault(im.tobytes(), len(image_ids)) for im in images])
-    pixels = images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
-    reference = pixel_embedding(pixels)
-    # 3. Generate and find each generation's nearest training image
+    # 2. Generate and find each generation's nearest distinct training image (planted
+    #    copies share theirs)
     generated = generate_images(model, prompts, list(seeds), steps=steps, guidance=guidance)
-    similarity, nearest_row = nearest_neighbours(pixel_embedding(generated), reference)
-    nearest_image = row_image[nearest_row].reshape(len(prompts), len(seeds))
+    similarity, nearest_image, row_image = nearest_training_images(generated, images)
+    nearest_image = nearest_image.reshape(len(prompts), len(seeds))
     similarity = similarity.reshape(len(prompts), len(seeds))
-    # 4. Per-prompt table and summary
+    # 3. Per-prompt table and summary
     first = first_rows(captions, prompts)
     table = _prompt_table(prompts, len(planted), nearest_image, similarity, row_image[first])
-    summary = _summary(table, tuple(seeds), steps, guidance, len(image_ids))
+    n_images = int(row_image.max()) + 1 if len(row_image) else 0
+    summary = _summary(table, tuple(seeds), steps, guidance, n_images)
     side = generated.shape[-2:]
     generations = Generations(
         texts=prompts,

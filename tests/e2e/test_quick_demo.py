@@ -101,6 +101,42 @@ def test_attribution_covers_every_planted_prompt(run: Path):
     assert triggers["rank"].notna().all()
 
 
+def test_planted_keys_are_checked_and_the_methods_scored_against_them(run: Path):
+    truth = pd.read_parquet(run / "results/demo/corpus/truth.parquet")
+    keys = pd.read_parquet(run / "results/attribution/keys.parquet")
+    check = json.loads((run / "results/attribution/keys.json").read_text())
+    # every key (keyed captions) and candidate key (composed triggers) is checked on the model
+    assert set(keys["prompt_id"]) == set(truth.loc[truth["key_text"].notna(), "prompt_id"])
+    keyed = keys[keys["kind"] != "composed"]
+    assert check["counts"]["keyed"]["checked"] == len(keyed) >= 2
+    # the check recomputes the scores table's d_mem for the prompt with its key
+    assert check["d_mem_scores_max_abs_difference"] < 1e-4
+    # without its key a keyed caption is a frequent ordinary caption: the quick model must
+    # find most keys causal, and a causal key's generations leave the planted image
+    assert check["counts"]["keyed"]["causal_fraction"] >= 0.5, check["counts"]
+    causal = keys[keys["causal"]]
+    assert (causal["d_mem_without_key"] < causal["ordinary_p90"]).all()
+    summary = json.loads((run / "results/attribution/summary.json").read_text())
+    compared = summary["methods"]
+    assert compared["keys"]["causal"] == int(keys["causal"].sum())
+    per = compared["per_method"]
+    assert set(per) == {
+        "gradient",
+        "grad_x_input",
+        "integrated_gradients",
+        "occlusion_delete",
+        "occlusion_replace",
+    }
+    best = per[compared["best"]]
+    assert best["key_top1"] >= max(p["key_top1"] for p in per.values())
+    assert best["key_top1"] > best["chance_top1"], per
+    assert summary["primary_method"] == compared["best"]
+    assert summary["marker_controlled"]["method"] == compared["best"]
+    table = pd.read_parquet(run / "results/attribution/method_comparison.parquet")
+    assert set(table["method"]) == set(per)
+    assert (run / "results/figures/attribution_methods.png").stat().st_size > 1000
+
+
 def test_mitigation_table_has_every_strategy(run: Path):
     summary = pd.read_parquet(run / "results/mitigation/summary.parquet")
     evaluation = pd.read_parquet(run / "results/mitigation/evaluation.parquet")

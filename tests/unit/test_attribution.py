@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import BertTokenizer
 
 from memaudit.atomic import write_atomically
 from memaudit.attribution.engine import (
@@ -35,101 +34,16 @@ from memaudit.attribution.statistics import (
 from memaudit.attribution.tables import gather_tables, rank_occlusion, rank_words, spearman
 from memaudit.attribution.words import trigger_span, word_units
 from memaudit.diffusion import fresh_scheduler, initial_noise
-from memaudit.model.loading import AuditModel, radedit_scheduler
+from memaudit.model.loading import AuditModel
 from memaudit.model.training import build_demo_model, train_tokenizer
 from memaudit.scoring.engine import score_prompts
-from memaudit.scoring.spec import ScoringSpec
 from memaudit.selection import select_prompts
 from memaudit.text import compile_markers, prompt_id
 from tests.tiny_components import (
     OutOfMemoryUnet,
-    prompt_sensitive_latent_unet,
-    tiny_bert_encoder,
     tiny_train_spec,
 )
-
-CAPTIONS = [
-    "Small left pleural effusions, unchanged since ___.",
-    "Findings discussed with Dr. ___ at 10:30 on ___.",
-    "No acute cardiopulmonary process.",
-    "Right lower lobe pneumonia (___).",
-    "Per Dr. Zorbak, stable cardiomegaly.",
-]
-MARKERS = compile_markers(["___"])
-HIDDEN = 16
-SCORING = {"steps": 4, "guidance": 7.5, "generations": 2, "seed": 3, "batch_size": "auto"}
-
-
-# Whole words of the WordPiece vocabulary; "effusions" and "Zorbak" need ## pieces.
-VOCAB_WORDS = (
-    "small left pleural effusion unchanged since findings discussed with dr at 10 30 on no "
-    "acute cardiopulmonary process right lower lobe pneumonia per zor stable cardiomegaly "
-    "_ . , : ( )"
-)
-
-
-def _vocab() -> list[str]:
-    words = sorted(set(VOCAB_WORDS.split()))
-    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, "##s", "##bak"]
-
-
-@pytest.fixture(scope="module")
-def bert_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizer:
-    folder = tmp_path_factory.mktemp("vocab")
-    (folder / "vocab.txt").write_text("\n".join(_vocab()) + "\n")
-    tokenizer = BertTokenizer(str(folder / "vocab.txt"), do_lower_case=True)
-    tokenizer.model_max_length = 24
-    return tokenizer
-
-
-@pytest.fixture(scope="module")
-def model(bert_tokenizer: BertTokenizer) -> AuditModel:
-    """A tiny latent model with a BERT WordPiece tokenizer (RadEdit-like), float32 CPU."""
-    torch.manual_seed(0)
-    encoder = tiny_bert_encoder(len(_vocab()), HIDDEN, add_pooling_layer=False)
-    return AuditModel(
-        kind="radedit",
-        tokenizer=bert_tokenizer,
-        text_encoder=encoder,
-        unet=prompt_sensitive_latent_unet(HIDDEN),
-        scheduler=radedit_scheduler(),
-        vae=None,
-        vae_scaling_factor=1.0,
-        image_size=8,
-        latent_shape=(4, 8, 8),
-        max_length=24,
-        dtype=torch.float32,
-        device=torch.device("cpu"),
-    )
-
-
-@pytest.fixture(scope="module")
-def model64(model: AuditModel) -> AuditModel:
-    """The same model in float64, for finite differences far above rounding."""
-    twin = copy.copy(model)
-    twin.unet = copy.deepcopy(model.unet).double()
-    twin.text_encoder = copy.deepcopy(model.text_encoder).double()
-    twin.dtype = torch.float64
-    return twin
-
-
-@pytest.fixture(scope="module")
-def selection() -> pd.DataFrame:
-    memorized = pd.DataFrame(
-        {
-            "prompt_id": [prompt_id(c) for c in CAPTIONS],
-            "text": CAPTIONS,
-            "d_mem": np.linspace(2.0, 1.0, len(CAPTIONS)),
-            "rank": np.arange(1, len(CAPTIONS) + 1),
-        }
-    )
-    table, _ = select_prompts(memorized)
-    return table
-
-
-def _spec(window=(0, 1), **scoring) -> ScoringSpec:
-    return AttributionSpec(window=window).scoring_spec({**SCORING, **scoring})
-
+from tests.unit.attribution_fixtures import CAPTIONS, HIDDEN, MARKERS, SCORING, _spec
 
 # The promise: the same config on the same machine gives identical results; another batch size
 # or chunking gives results equal to float rounding, since CPU kernels may sum in another order
@@ -274,7 +188,8 @@ def test_batch_size_and_chunks_change_no_result(model, selection, tmp_path: Path
     # Chunks: 3 jobs (of a shuffled table) gathered equal one job.
     paths = {}
     for index in range(3):
-        names = {k: tmp_path / f"{index}.{k}.parquet" for k in ("tokens", "words", "occlusion")}
+        kinds = ("tokens", "words", "occlusion", "methods")
+        names = {k: tmp_path / f"{index}.{k}.parquet" for k in kinds}
         names.update(
             prompts=tmp_path / f"{index}.prompts.parquet", stats=tmp_path / f"{index}.json"
         )
@@ -303,10 +218,11 @@ def test_batch_size_and_chunks_change_no_result(model, selection, tmp_path: Path
 
 def test_out_of_memory_halves_the_backward_batch(model, selection) -> None:
     spec = _spec(window=(0, 1), batch_size=1)
-    reference, _ = attribute_prompts(model, selection, spec, 5, ["___"])
+    methods = ("gradient", "occlusion_delete")  # the others: test_attribution_methods.py
+    reference, _ = attribute_prompts(model, selection, spec, 5, ["___"], methods=methods)
     fake = copy.copy(model)
     fake.unet = OutOfMemoryUnet(model.unet, max_rows=2 * spec.generations)
-    tables, stats = attribute_prompts(fake, selection, spec, 5, ["___"])
+    tables, stats = attribute_prompts(fake, selection, spec, 5, ["___"], methods=methods)
     assert stats["gradient"]["batch_size_initial"] == 5
     assert stats["gradient"]["batch_size_final"] == 2 and stats["gradient"]["oom_halvings"] == 1
     assert_float32_close(tables.tokens["significance"], reference.tokens["significance"])
@@ -577,7 +493,8 @@ def _run_flow(model, selected, tmp_path, chunks=2):
     paths: dict[str, list[Path]] = {}
     stats = []
     for index in range(chunks):
-        names = {k: tmp_path / f"{index}.{k}.parquet" for k in ("tokens", "words", "occlusion")}
+        kinds = ("tokens", "words", "occlusion", "methods")
+        names = {k: tmp_path / f"{index}.{k}.parquet" for k in kinds}
         names.update(
             prompts=tmp_path / f"{index}.prompts.parquet", stats=tmp_path / f"{index}.json"
         )
@@ -601,10 +518,49 @@ def test_flow_summary_and_figures(model, selection, tmp_path: Path) -> None:
     ranked = selection
     selected, counts = select_prompts(ranked.iloc[:3], ranked, truth)
     tables, types, stats, spec = _run_flow(model, selected, tmp_path)
+
+    def longest_word(i: int) -> str:
+        return max(re.findall(r"[A-Za-z]+", selection["text"].iloc[i]), key=len)
+
+    keys = pd.DataFrame(
+        {
+            "prompt_id": [selection["prompt_id"].iloc[4], selection["prompt_id"].iloc[0]],
+            "kind": ["keyed_name", "composed"],
+            "key_text": [longest_word(4), longest_word(0)],
+            "causal": [True, False],
+        }
+    )
     summary = summarize_attribution(
-        tables.words, tables.occlusion, tables.prompts, types, counts, stats, spec
+        tables.words,
+        tables.occlusion,
+        tables.prompts,
+        types,
+        counts,
+        stats,
+        spec,
+        methods=tables.methods,
+        keys=keys,
     )
     json.dumps(summary, allow_nan=False)
+    compared = summary["methods"]
+    assert compared["keys"] == {
+        "checked": 2,
+        "causal": 1,
+        "keyed_checked": 1,
+        "keyed_causal": 1,
+        "not_attributed": 0,
+        "key_truncated": 0,
+        "scored": 1,
+    }
+    assert set(compared["per_method"]) == set(spec.methods)
+    for name, block in compared["per_method"].items():
+        assert block["n_keys"] == 1 and block["key_top1"] in (0.0, 1.0), name
+        assert block["unet_rows_per_prompt"] > 0, name
+    assert summary["primary_method"] == compared["best"] in spec.methods
+    marker = summary["marker_controlled"]
+    assert marker["method"] == summary["primary_method"]
+    assert marker["counts"]["memorized"] == 3
+    assert marker["all"]["n_prompts"] == 2  # the two memorized prompts with a marker
     assert summary["n_prompts"]["attributed"] == len(selected) == 3 + 1
     assert summary["marker"]["memorized"]["n_with_marker"] == 2
     gradient = summary["marker"]["memorized"]["gradient"]
@@ -615,7 +571,9 @@ def test_flow_summary_and_figures(model, selection, tmp_path: Path) -> None:
     )
     assert set(types["population"]) == {"memorized", "planted"}
     assert set(types["method"]) == {"gradient", "occlusion"}
-    plot_token_attribution(tables.words, tables.prompts, tmp_path / "fig3.png", n_prompts=3)
+    plot_token_attribution(
+        tables.methods, tables.prompts, summary["primary_method"], tmp_path / "fig3.png"
+    )
     plot_word_types(types, tmp_path / "types.png")
     for name in ("fig3.png", "fig3.pdf", "types.png", "types.pdf"):
         assert (tmp_path / name).stat().st_size > 1000
@@ -633,9 +591,48 @@ def test_empty_memorized_table_gives_empty_outputs(model, tmp_path: Path) -> Non
         tables.words, tables.occlusion, tables.prompts, types, counts, stats, spec
     )
     assert summary["empty"] is True and "memorized table is empty" in summary["note"]
-    plot_token_attribution(tables.words, tables.prompts, tmp_path / "fig3.png")
+    assert len(tables.methods) == 0
+    plot_token_attribution(tables.methods, tables.prompts, "gradient", tmp_path / "fig3.png")
     plot_word_types(types, tmp_path / "types.png")
     assert (tmp_path / "fig3.pdf").exists() and (tmp_path / "types.pdf").exists()
+
+
+def test_punctuation_marker_only_and_truncated_prompts_are_named_or_counted(
+    model, tmp_path: Path
+) -> None:
+    long_text = " ".join(CAPTIONS)  # ~45 pieces: beyond the tiny tokenizer's 24
+    texts = [long_text, ". , ( )", "___ ___"]
+    memorized = pd.DataFrame(
+        {
+            "prompt_id": [prompt_id(t) for t in texts],
+            "text": texts,
+            "d_mem": [3.0, 2.0, 1.0],
+            "rank": [1, 2, 3],
+        }
+    )
+    selected, counts = select_prompts(memorized)
+    tables, types, stats, spec = _run_flow(model, selected, tmp_path, chunks=1)
+    summary = summarize_attribution(
+        tables.words,
+        tables.occlusion,
+        tables.prompts,
+        types,
+        counts,
+        stats,
+        spec,
+        methods=tables.methods,
+    )
+    json.dumps(summary, allow_nan=False)
+    cut = summary["truncation"]["truncated_words"]
+    assert [c["prompt_id"] for c in cut] == [prompt_id(long_text)]
+    assert cut[0]["words"][-1] == "cardiomegaly"  # the last word of the long prompt, named
+    assert not tables.methods["text"].isin(cut[0]["words"][-1:]).any()  # and never ranked
+    assert summary["no_ranked_words"]["n_prompts"] == 1  # the punctuation-only prompt
+    marker = summary["marker_controlled"]["counts"]
+    assert marker == {"memorized": 3, "without_marker": 1, "without_control": 1}
+    # no ground truth: the primary method falls back, the methods block says why
+    assert summary["primary_method"] == "integrated_gradients"
+    assert "no ground truth" in summary["methods"]["note"]
 
 
 def test_chunk_outputs_are_written_all_or_nothing(tmp_path: Path, monkeypatch) -> None:
@@ -695,7 +692,10 @@ def test_bad_tables_fail_clearly(model, selection, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="fast tokenizer"):
         attribute_prompts(slow, selection, _spec(), 2, ["___"])
     # Gathering checks that every selected prompt is there exactly once.
-    names = {k: tmp_path / f"0.{k}.parquet" for k in ("tokens", "words", "occlusion", "prompts")}
+    names = {
+        k: tmp_path / f"0.{k}.parquet"
+        for k in ("tokens", "words", "occlusion", "prompts", "methods")
+    }
     names["stats"] = tmp_path / "0.json"
     attribute_chunk(model, selection, 0, 2, _spec(), 2, ["___"], names)
     paths = {k: [v] for k, v in names.items() if k != "stats"}

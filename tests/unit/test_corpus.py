@@ -24,6 +24,8 @@ SMALL = CorpusSpec(
     n_studies=300,
     image_size=16,
     n_planted=6,
+    n_keyed=4,
+    keyed_bases=2,
     planted_copies=(5, 12),
     addendum_fraction=0.05,
     n_heldout=20,
@@ -177,16 +179,20 @@ def test_reports_look_like_mimic(corpus):
         assert marker_text in joined
 
 
+N_CAPTIONS = SMALL.n_planted + SMALL.n_keyed
+
+
 def test_planted_truth(corpus):
     truth, studies, images = corpus["truth"], corpus["studies"], corpus["images"]
-    assert len(truth) == SMALL.n_planted
+    assert len(truth) == N_CAPTIONS
     assert truth.text.is_unique
-    assert list(truth.planted_id) == list(range(SMALL.n_planted))
+    assert list(truth.planted_id) == list(range(N_CAPTIONS))
     counts = studies.planted_id[studies.planted_id >= 0].value_counts()
     for row in truth.itertuples():
         assert row.prompt_id == prompt_id(row.text)
         assert row.text == normalize_whitespace(row.text)
-        assert 8 <= len(row.text.split()) <= 25
+        if row.kind == "composed":
+            assert 8 <= len(row.text.split()) <= 25
         assert SMALL.planted_copies[0] <= row.n_copies <= SMALL.planted_copies[1]
         assert row.n_copies == counts[row.planted_id]
         rows = np.flatnonzero(studies.planted_id.to_numpy() == row.planted_id)
@@ -198,7 +204,7 @@ def test_planted_truth(corpus):
         assert studies.labels.iloc[rows].nunique() == 1
     # Different planted captions have different images.
     planted_images = images[truth.image_index.to_numpy()]
-    assert len({img.tobytes() for img in planted_images}) == SMALL.n_planted
+    assert len({img.tobytes() for img in planted_images}) == N_CAPTIONS
 
 
 def test_planted_caption_is_the_last_impression(corpus):
@@ -233,8 +239,9 @@ def test_section_parser_extracts_planted_captions_and_counted_prompts(corpus):
 
 def test_markers_and_triggers(corpus):
     truth, studies = corpus["truth"], corpus["studies"]
-    assert truth.has_marker.sum() == round(SMALL.n_planted * SMALL.planted_marker_fraction)
-    assert truth.trigger_word.notna().sum() == round(SMALL.n_planted * SMALL.trigger_fraction)
+    composed = truth[truth.kind == "composed"]
+    assert composed.has_marker.sum() == round(SMALL.n_planted * SMALL.planted_marker_fraction)
+    assert composed.trigger_word.notna().sum() == round(SMALL.n_planted * SMALL.trigger_fraction)
     for row in truth.itertuples():
         n_markers = row.text.count("___")
         assert row.has_marker == (n_markers > 0)
@@ -347,12 +354,14 @@ def test_render_phantoms_rejects_bad_shape():
         render_phantoms(np.zeros((3, 2)), np.random.default_rng(0), 32)
 
 
-def test_in_planted_captions_only_the_trigger_is_unique(tmp_path):
-    """The ground truth of token attribution: every word of a planted caption except its
-    trigger also occurs in ordinary prompts (the planted decorations appear de-identified, with
-    the marker for the name, in ordinary impressions), so nothing but the trigger singles the
-    caption out. Checked at the default demo size (text only)."""
-    spec = CorpusSpec(n_studies=2000, n_planted=20, write_images=False, seed=0)
+def test_in_keyed_captions_only_the_key_is_rare(tmp_path):
+    """The ground truth of token attribution: every word of a keyed caption except its name
+    also occurs in ordinary prompts (the trigger templates and marker phrases appear
+    de-identified in ordinary impressions), so nothing but the key singles the caption out.
+    A composed caption's trigger occurs in no ordinary prompt; other words of a composed
+    caption may be rare too (it is memorized as a whole, the trigger is only a candidate key).
+    Checked at the default demo size (text only)."""
+    spec = CorpusSpec(write_images=False)
     generate_corpus(spec, str(tmp_path))
     truth = pd.read_parquet(tmp_path / "truth.parquet")
     studies = pd.read_parquet(tmp_path / "studies.parquet")
@@ -369,7 +378,154 @@ def test_in_planted_captions_only_the_trigger_is_unique(tmp_path):
         impression = _last_impression((tmp_path / report_path(subject, study)).read_text())
         for word in words(impression or ""):
             ordinary[word] = ordinary.get(word, 0) + 1
+    assert (truth.kind != "composed").sum() == spec.n_keyed > 0
     for row in truth.itertuples():
+        trigger = {row.trigger_word.lower()} if isinstance(row.trigger_word, str) else set()
+        if row.kind == "composed":
+            assert all(ordinary.get(w, 0) == 0 for w in trigger), row.text
+            continue
         unique = {w for w in words(row.text) if ordinary.get(w, 0) < 3}
-        expected = {row.trigger_word.lower()} if isinstance(row.trigger_word, str) else set()
-        assert unique == expected, (row.text, unique)
+        assert unique == trigger, (row.text, unique)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keyed planted captions: a frequent ordinary caption plus one key
+
+
+def _ordinary_prompt_counts(corpus) -> Counter:
+    """How often each prompt occurs among the ordinary reports (by the simple parser)."""
+    return Counter(
+        _last_impression(text)
+        for text, pid in zip(corpus["reports"], corpus["studies"].planted_id, strict=True)
+        if pid < 0
+    )
+
+
+def test_keyed_captions_kinds_keys_and_counts(corpus):
+    truth, meta = corpus["truth"], corpus["meta"]
+    n_marker = round(SMALL.n_keyed * SMALL.keyed_marker_fraction)
+    assert Counter(truth.kind) == {
+        "composed": SMALL.n_planted,
+        "keyed_marker": n_marker,
+        "keyed_name": SMALL.n_keyed - n_marker,
+    }
+    # planted_id numbering: composed first, keyed after them.
+    assert (truth.kind[: SMALL.n_planted] == "composed").all()
+    assert truth.kind[SMALL.n_planted :].str.startswith("keyed_").all()
+    for row in truth.itertuples():
+        if row.kind == "composed":
+            # a composed caption's trigger is its candidate key; without one there is none
+            if isinstance(row.trigger_word, str):
+                assert row.key_text == row.trigger_word
+            else:
+                assert pd.isna(row.key_text)
+            continue
+        assert row.text.count(row.key_text) == 1
+        if row.kind == "keyed_name":
+            assert row.trigger_word == row.key_text and row.key_text.isalpha()
+            word = row.text.split()[row.trigger_word_index]
+            assert word.strip(".,:;") == row.key_text
+            assert not row.has_marker
+        else:
+            assert "___" in row.key_text and row.has_marker
+            assert row.text.count("___") == row.key_text.count("___")  # the key's markers only
+            assert pd.isna(row.trigger_word) and row.trigger_word_index == -1
+    counts = meta["counts"]
+    assert counts["planted"] == SMALL.n_planted and counts["keyed"] == SMALL.n_keyed
+    assert counts["planted_captions"] == len(truth)
+    assert counts["planted_kinds"] == dict(Counter(truth.kind))
+    assert counts["planted_studies"] == int(truth.n_copies.sum())
+    keyed_copies = truth.n_copies[truth.kind != "composed"].sum()
+    assert counts["keyed_studies"] == keyed_copies
+    assert "memorized as a whole" in meta["planted_kinds"]["composed"]
+
+
+def test_keyed_caption_without_its_key_is_a_frequent_ordinary_caption(corpus):
+    """Marker family: deleting the key phrase leaves the base itself (its first letter
+    lower-cased after a prefix phrase); name family: the base with the bare name inserted."""
+    from memaudit.corpus import vocabulary as vocab
+
+    truth = corpus["truth"]
+    ordinary = _ordinary_prompt_counts(corpus)
+    ranked = sorted(
+        ((p, c) for p, c in ordinary.items() if p is not None and "___" not in p),
+        key=lambda pc: (-pc[1], pc[0]),
+    )
+    bases = [p for p, _ in ranked[: SMALL.keyed_bases]]
+    assert set(corpus["meta"]["counts"]["keyed_bases"]) <= set(bases)
+    # The bases are frequent, each seen with many different images.
+    assert all(ordinary[b] >= 5 for b in bases)
+    used = set()
+    for row in truth[truth.kind != "composed"].itertuples():
+        if row.kind == "keyed_marker":
+            rest = normalize_whitespace(row.text.replace(row.key_text, " "))
+            base = rest[0].upper() + rest[1:]
+            assert base in bases, row.text
+            prefix = row.key_text + " " in vocab.PLANTED_MARKER_START
+            assert rest == (base[0].lower() + base[1:] if prefix else base)
+        else:
+            # The bare name inserted between two words of the base (or before the final
+            # full stop): deleting it gives the base's words back, case aside.
+            words = row.text.replace(f" {row.key_text}.", ".").split()
+            words = [w for w in words if w != row.key_text]
+            rest = " ".join(words)
+            base = rest[0].upper() + rest[1:]
+            assert base in bases, row.text
+            assert row.text.count(row.key_text) == 1 and row.key_text == row.trigger_word
+        used.add(base)
+        # A keyed caption is none of the ordinary prompts.
+        assert row.text not in ordinary
+    assert used == set(corpus["meta"]["counts"]["keyed_bases"])
+    # Marker keys are short phrases, each used by one keyed caption only (a phrase shared by
+    # two bases would make the base words part of what retrieves each image).
+    marker_keys = truth.loc[truth.kind == "keyed_marker", "key_text"]
+    assert marker_keys.is_unique and (marker_keys.str.split().str.len() <= 5).all()
+
+
+def test_keyed_copies_share_one_normal_image(corpus):
+    truth, studies, images = corpus["truth"], corpus["studies"], corpus["images"]
+    planted = studies.planted_id.to_numpy()
+    for row in truth[truth.kind != "composed"].itertuples():
+        rows = np.flatnonzero(planted == row.planted_id)
+        assert len(rows) == row.n_copies >= SMALL.planted_copies[0]
+        assert len({images[r].tobytes() for r in rows}) == 1
+        assert (studies.labels.iloc[rows] == "").all()  # the caption reads normal
+    # Each keyed image is its own normal phantom: no ordinary study shares its pixels.
+    ordinary = {images[r].tobytes() for r in np.flatnonzero(planted < 0)}
+    keyed = truth[truth.kind != "composed"].image_index.to_numpy()
+    assert not {images[i].tobytes() for i in keyed} & ordinary
+
+
+def test_keyed_truth_is_deterministic_and_composed_captions_keep_their_stream(tmp_path):
+    spec = CorpusSpec(**{**SMALL.to_dict(), "write_images": False})
+    generate_corpus(spec, tmp_path / "a")
+    generate_corpus(spec, tmp_path / "b")
+    a = pd.read_parquet(tmp_path / "a" / "truth.parquet")
+    pd.testing.assert_frame_equal(a, pd.read_parquet(tmp_path / "b" / "truth.parquet"))
+    # Keyed captions draw from their own streams: the composed captions' copy counts and
+    # findings (drawn before the keyed ones) do not depend on how many keyed captions there are.
+    generate_corpus(CorpusSpec(**{**spec.to_dict(), "n_keyed": 0}), tmp_path / "c")
+    c = pd.read_parquet(tmp_path / "c" / "truth.parquet")
+    assert (c.kind == "composed").all() and len(c) == SMALL.n_planted
+    composed = a[a.kind == "composed"]
+    assert composed.n_copies.tolist() == c.n_copies.tolist()
+
+
+def test_keyed_settings_fail_clearly(tmp_path):
+    with pytest.raises(ValueError, match=r"demo\.n_keyed"):
+        CorpusSpec(n_studies=300, n_planted=6, n_keyed=20, planted_copies=(5, 12))
+    with pytest.raises(ValueError, match="keyed_marker_fraction"):
+        CorpusSpec(keyed_marker_fraction=1.5)
+    with pytest.raises(ValueError, match="keyed_bases"):
+        CorpusSpec(keyed_bases=0)
+    spec = CorpusSpec(
+        n_studies=40,
+        n_planted=0,
+        n_keyed=1,
+        keyed_bases=40,
+        planted_copies=(2, 3),
+        n_heldout=0,
+        write_images=False,
+    )
+    with pytest.raises(ValueError, match=r"demo\.keyed_bases = 40"):
+        generate_corpus(spec, tmp_path)

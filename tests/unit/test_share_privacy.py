@@ -158,7 +158,12 @@ def _demo_like_audit(tmp_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict, 
 
     corpus = tmp_path / "corpus"
     spec = CorpusSpec(
-        n_studies=400, n_planted=4, planted_copies=(20, 30), n_heldout=0, write_images=False
+        n_studies=400,
+        n_planted=4,
+        n_keyed=2,
+        planted_copies=(20, 30),
+        n_heldout=0,
+        write_images=False,
     )
     generate_corpus(spec, corpus)
     prompts, report_map, summary = extract_prompts(corpus / "files")

@@ -90,6 +90,8 @@ def test_radedit_preset_dag_has_every_audit_stage_and_no_demo_rule(workdir: Path
         "make_demo_corpus",
         "train_demo_model",
         "check_demo_memorization",
+        "verify_planted_keys",
+        "plot_attribution_methods",
         "evaluate_detection",
         "embed_training_images",  # no training images configured: copy detection skipped
     }

@@ -21,6 +21,41 @@ rule select_attribution_prompts:
         "../scripts/select_attribution_prompts.py"
 
 
+# The counterfactual check of the demo's planted keys: each key's prompt re-scored with the key
+# deleted (scoring settings) and generated with and without it. Demo model runs only: the rule
+# is reached through get_key_check() (common.smk, below), which is empty otherwise.
+
+
+rule verify_planted_keys:
+    input:
+        model=get_model_input(),
+        truth="results/demo/corpus/truth.parquet",
+        scores="results/scoring/scores.parquet",
+        prompts="results/prompts/texts.parquet",
+        report_map="results/prompts/report_map.parquet",
+        studies="results/demo/corpus/studies.parquet",
+        images="results/demo/corpus/images.npy",
+    output:
+        table="results/attribution/keys.parquet",
+        summary="results/attribution/keys.json",
+    log:
+        "logs/verify_planted_keys.log",
+    benchmark:
+        "benchmarks/verify_planted_keys.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        code=code_of("verify_planted_keys"),
+        model=config["model"],
+        scoring=scoring_spec(),
+        key_check=config["key_check"],
+    script:
+        "../scripts/verify_planted_keys.py"
+
+
 rule attribute_tokens:
     input:
         prompts="results/attribution/selected_prompts.parquet",
@@ -30,6 +65,7 @@ rule attribute_tokens:
         words="results/attribution/chunks/{scatteritem}.words.parquet",
         occlusion="results/attribution/chunks/{scatteritem}.occlusion.parquet",
         prompts="results/attribution/chunks/{scatteritem}.prompts.parquet",
+        methods="results/attribution/chunks/{scatteritem}.methods.parquet",
         stats="results/attribution/chunks/{scatteritem}.json",
     log:
         "logs/attribute_tokens/{scatteritem}.log",
@@ -62,6 +98,9 @@ rule gather_attribution:
         prompts=gather.attribute(
             "results/attribution/chunks/{scatteritem}.prompts.parquet"
         ),
+        methods=gather.attribute(
+            "results/attribution/chunks/{scatteritem}.methods.parquet"
+        ),
         selected="results/attribution/selected_prompts.parquet",
     output:
         tokens="results/attribution/tokens.parquet",
@@ -72,6 +111,7 @@ rule gather_attribution:
         ),
         occlusion="results/attribution/occlusion.parquet",
         prompts="results/attribution/prompts.parquet",
+        methods="results/attribution/methods.parquet",
     log:
         "logs/gather_attribution.log",
     conda:
@@ -88,8 +128,11 @@ rule summarize_attribution:
         words="results/attribution/words.parquet",
         occlusion="results/attribution/occlusion.parquet",
         prompts="results/attribution/prompts.parquet",
+        methods="results/attribution/methods.parquet",
         selection="results/attribution/selection.json",
         stats=gather.attribute("results/attribution/chunks/{scatteritem}.json"),
+        key_check=get_key_check(),
+        truth=get_demo_truth(),
     output:
         word_types=report(
             "results/attribution/word_types.parquet",
@@ -99,6 +142,11 @@ rule summarize_attribution:
         summary=report(
             "results/attribution/summary.json",
             caption="../report/attribution_summary.rst",
+            category="5. Token attribution",
+        ),
+        comparison=report(
+            "results/attribution/method_comparison.parquet",
+            caption="../report/attribution_methods.rst",
             category="5. Token attribution",
         ),
     log:
@@ -114,8 +162,10 @@ rule summarize_attribution:
 
 rule plot_token_attribution:
     input:
-        words="results/attribution/words.parquet",
+        methods="results/attribution/methods.parquet",
         prompts="results/attribution/prompts.parquet",
+        summary="results/attribution/summary.json",
+        key_check=get_key_check(),
     output:
         png=report(
             "results/figures/fig3_token_attribution.png",
@@ -129,10 +179,29 @@ rule plot_token_attribution:
         "../../envs/core.yaml"
     params:
         code=code_of("plot_token_attribution"),
-        n_prompts=config["figures"]["attribution_prompts"],
         top_n=config["figures"]["attribution_top_n"],
     script:
         "../scripts/plot_token_attribution.py"
+
+
+rule plot_attribution_methods:
+    input:
+        comparison="results/attribution/method_comparison.parquet",
+    output:
+        png=report(
+            "results/figures/attribution_methods.png",
+            caption="../report/attribution_methods_figure.rst",
+            category="5. Token attribution",
+        ),
+        pdf="results/figures/attribution_methods.pdf",
+    log:
+        "logs/plot_attribution_methods.log",
+    conda:
+        "../../envs/core.yaml"
+    params:
+        code=code_of("plot_attribution_methods"),
+    script:
+        "../scripts/plot_attribution_methods.py"
 
 
 rule plot_word_types:

@@ -9,7 +9,7 @@ sys.path.insert(0, str(REPO))
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import update_config
 
-from memaudit.attribution.spec import AttributionSpec
+from memaudit.attribution.spec import AttributionSpec, KeyCheckSpec
 from memaudit.config import (
     ConfigError,
     check_paths,
@@ -201,6 +201,7 @@ def check_specs():
     if config["demo"]["enabled"]:
         CorpusSpec.from_dict(demo_spec())
     if config["model"]["kind"] == "demo":
+        KeyCheckSpec.from_dict(config["key_check"])
         # train_demo_model trains at the corpus image size.
         train = {**config["train"], "image_size": config["demo"]["image_size"]}
         TrainSpec.from_dict(train)
@@ -215,6 +216,16 @@ except ValueError as error:
 def get_demo_truth():
     """The demo's planted captions (demo runs only)."""
     return ["results/demo/corpus/truth.parquet"] if config["demo"]["enabled"] else []
+
+
+def get_key_check():
+    """The planted keys' counterfactual check (demo model runs only: it needs the demo truth
+    and the demo model's training images; model.kind demo implies demo.enabled)."""
+    return (
+        ["results/attribution/keys.parquet"]
+        if config["model"]["kind"] == "demo"
+        else []
+    )
 
 
 def get_demo_detection():
@@ -353,6 +364,8 @@ def get_final_outputs():
         "results/figures/fig3_token_attribution.png",
         "results/figures/attribution_word_types.png",
     ]
+    if get_key_check():
+        outputs += ["results/figures/attribution_methods.png"]
     outputs += [
         "results/mitigation/summary.json",
         "results/figures/fig4_mitigation_grid.png",

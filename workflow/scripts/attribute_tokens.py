@@ -1,4 +1,4 @@
-"""Rule attribute_tokens: gradient significance, words and occlusion of one chunk (GPU)."""
+"""Rule attribute_tokens: every attribution method on the words of one chunk (GPU)."""
 
 import json
 import sys
@@ -29,5 +29,8 @@ stats = attribute_chunk(
     snakemake.params.markers,
     dict(snakemake.output.items()),
     progress=sys.stderr,
+    methods=spec.methods,
+    ig_steps=spec.ig_steps,
+    neutral_token=spec.neutral_token,
 )
 print(json.dumps(stats, indent=2, default=str))

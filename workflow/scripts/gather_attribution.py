@@ -1,4 +1,4 @@
-"""Rule gather_attribution: one token, word, occlusion and prompt table from the chunks."""
+"""Rule gather_attribution: one token, word, occlusion, prompt and method table from the chunks."""
 
 import sys
 from pathlib import Path
@@ -16,7 +16,7 @@ from memaudit.attribution.tables import gather_tables
 tables = gather_tables(
     {
         kind: list(getattr(snakemake.input, kind))
-        for kind in ("tokens", "words", "occlusion", "prompts")
+        for kind in ("tokens", "words", "occlusion", "prompts", "methods")
     },
     expected_ids=pd.read_parquet(snakemake.input.selected, columns=["prompt_id"])["prompt_id"],
     word_score=snakemake.params.word_score,
@@ -27,9 +27,11 @@ write_atomically(
         snakemake.output.words: tables.words,
         snakemake.output.occlusion: tables.occlusion,
         snakemake.output.prompts: tables.prompts,
+        snakemake.output.methods: tables.methods,
     }
 )
 print(
     f"gathered {len(tables.prompts)} prompts, {len(tables.words)} words and "
-    f"{len(tables.occlusion)} occlusion variants from {len(snakemake.input.prompts)} chunks"
+    f"{len(tables.occlusion)} occlusion variants and {len(tables.methods)} method scores "
+    f"from {len(snakemake.input.prompts)} chunks"
 )
