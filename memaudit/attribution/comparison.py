@@ -2,8 +2,10 @@
 
 A key (:mod:`.keys`) is the word or phrase of a planted caption that the counterfactual check
 found causal: without it the prompt's d_mem falls below the ordinary prompts' 90th percentile.
-Per method, a key prompt's *key rank* is the best rank of any word that overlaps the key's span
-(1 = the method's top word lies in the key); the method's ``key_top1`` is the share of causal
+Per method, the words that overlap the key's span are one unit whose score is their sum (a name
+key is one word; a marker key a short phrase such as "Since ___,"); a key prompt's *key rank*
+is that unit's rank among it and the prompt's other words (1 = the method attributes more to
+the key than to any other word). The method's ``key_top1`` is the share of causal
 keys ranked first, ``key_mean_rank`` their mean key rank, both with prompt-bootstrap intervals
 (seeded by the method's name), beside the top-1 rate a random order would reach and the cost in
 UNet rows per prompt. The best method has the highest key_top1, then the lowest mean rank, then
@@ -62,18 +64,20 @@ def key_ranks(
         counts["scored"] += 1
         for method, group in mine.groupby("method", sort=False):
             hit = inside[group.index]
-            best = float(group.loc[hit, "rank"].min())
-            n_ranked = int(len(group))
+            key_score = float(group.loc[hit, "score"].sum())
+            others = group.loc[~hit, "score"].to_numpy(dtype=np.float64)
+            rank = 1.0 + float(np.sum(others > key_score))
+            n_units = 1 + len(others)
             rows.append(
                 {
                     "method": method,
                     "prompt_id": pid,
                     "kind": str(key.kind),
-                    "key_rank": best,
-                    "n_ranked": n_ranked,
+                    "key_rank": rank,
+                    "n_ranked": n_units,
                     "n_key_words": int(hit.sum()),
-                    "top1": best == 1.0,
-                    "chance_top1": int(hit.sum()) / n_ranked if n_ranked else math.nan,
+                    "top1": rank == 1.0,
+                    "chance_top1": 1.0 / n_units,
                 }
             )
     columns = ["method", "prompt_id", "kind", "key_rank", "n_ranked", "n_key_words", "top1"]

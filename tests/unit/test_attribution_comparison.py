@@ -103,10 +103,11 @@ def test_key_ranks_use_the_key_span_and_count_what_is_left_out() -> None:
         "scored": 3,
     }
     gradient = ranks[ranks["method"] == "gradient"].set_index("prompt_id")
-    # k1: the key is the top word; k2: "notified" lies inside the key phrase; k3: rank 2.
+    # k1: the key is the top word; k2: the key phrase's words together (2.3) lead; k3: rank 2.
     assert gradient.loc["k1", "key_rank"] == 1 and gradient.loc["k2", "key_rank"] == 1
     assert gradient.loc["k3", "key_rank"] == 2
-    assert gradient.loc["k2", "n_key_words"] == 4  # Dr, ___, was, notified
+    assert gradient.loc["k2", "n_key_words"] == 4  # Dr, ___, was, notified: one unit
+    assert gradient.loc["k2", "n_ranked"] == 5 and gradient.loc["k2", "chance_top1"] == 0.2
     ig = ranks[ranks["method"] == "integrated_gradients"]
     assert ig["top1"].all()
     table_cmp = compare_methods(
