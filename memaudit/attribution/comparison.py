@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from memaudit.atomic import finite_or_none
-from memaudit.attribution.keys import key_span
 from memaudit.attribution.spec import METHOD_LABELS, METHODS
+from memaudit.attribution.words import key_span
 from memaudit.bootstrap import bootstrap_ci
 from memaudit.frames import require_columns
 

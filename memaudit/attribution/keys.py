@@ -34,7 +34,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from memaudit.attribution.spec import KeyCheckSpec
-from memaudit.attribution.words import delete_span
+from memaudit.attribution.words import delete_span, key_span
 from memaudit.frames import require_columns, typed_frame
 from memaudit.model.check import (
     distinct_image_ids,
@@ -71,19 +71,6 @@ KEY_COLUMNS = {
     "own_image_rate_with_key": "float64",
     "own_image_rate_without_key": "float64",
 }
-
-
-def key_span(text: str, key_text: str, prompt: str) -> tuple[int, int]:
-    """Character span of ``key_text`` in ``text``; a ValueError naming the prompt_id unless
-    the key occurs exactly once."""
-    count = text.count(key_text) if key_text else 0
-    if count != 1:
-        raise ValueError(
-            f"truth row of prompt_id {prompt!r}: key_text {key_text!r} occurs {count} times in "
-            f"its text {text[:80]!r} (it must occur exactly once)"
-        )
-    start = text.index(key_text)
-    return start, start + len(key_text)
 
 
 def text_without_key(text: str, key_text: str, prompt: str) -> str:

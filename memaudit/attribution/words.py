@@ -41,6 +41,19 @@ def trigger_span(text: str, trigger: str, word_index: int) -> tuple[int, int]:
     return hits[0].start(), hits[0].end()
 
 
+def key_span(text: str, key_text: str, prompt: str) -> tuple[int, int]:
+    """Character span of ``key_text`` in ``text``; a ValueError naming the prompt_id unless
+    the key occurs exactly once."""
+    count = text.count(key_text) if key_text else 0
+    if count != 1:
+        raise ValueError(
+            f"truth row of prompt_id {prompt!r}: key_text {key_text!r} occurs {count} times in "
+            f"its text {text[:80]!r} (it must occur exactly once)"
+        )
+    start = text.index(key_text)
+    return start, start + len(key_text)
+
+
 # --------------------------------------------------------------------------------------------
 # Word units from the tokenizer's offsets
 # --------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ start_job(snakemake)  # output to the log; a failure ends with one clear line
 import pandas as pd
 
 from memaudit.attribution.figures import plot_token_attribution
-from memaudit.attribution.keys import key_span
 from memaudit.attribution.spec import METHOD_LABELS
+from memaudit.attribution.words import key_span
 
 prompts = pd.read_parquet(snakemake.input.prompts)
 spans = {}
