@@ -255,8 +255,11 @@ def _old_selections(cfg: dict) -> dict[tuple[str, str], dict]:
         ("attribute_tokens", "scoring"): {
             k: v for k, v in scoring.items() if k not in ("chunks", "window")
         },
+        # (methods, ig_steps and neutral_token joined window and batch_size with the methods
+        # side by side: they change a chunk's outputs)
         ("attribute_tokens", "attribution"): {
-            k: cfg["attribution"][k] for k in ("window", "batch_size")
+            k: cfg["attribution"][k]
+            for k in ("window", "batch_size", "methods", "ig_steps", "neutral_token")
         },
         ("generate_mitigations", "mitigation"): {
             k: v for k, v in mitigation.items() if k not in not_generation

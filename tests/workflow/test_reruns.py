@@ -148,7 +148,7 @@ def test_demo_model_figure_edit_redraws_its_figures_only(quick_run: QuickRun, tm
 
 def test_attribution_figure_edit_redraws_its_figures_only(quick_run: QuickRun, tmp_path: Path):
     """Figures apart from computation: an edit of memaudit/attribution/figures.py re-runs the
-    two attribution plot rules, no attribution chunk, no summary, nothing upstream."""
+    three attribution plot rules, no attribution chunk, no summary, nothing upstream."""
     run = copy_run(quick_run, tmp_path / "run")
     code = tmp_path / "code"
     code.mkdir()
@@ -158,7 +158,11 @@ def test_attribution_figure_edit_redraws_its_figures_only(quick_run: QuickRun, t
     module = code / "memaudit" / "attribution" / "figures.py"
     module.write_text(module.read_text() + "\n# an edit\n")
     jobs = planned(snakemake(*args, workdir=run, overlays=(QUICK,)))
-    assert set(jobs) == {"plot_token_attribution", "plot_word_types"}, sorted(jobs)
+    assert set(jobs) == {
+        "plot_token_attribution",
+        "plot_attribution_methods",
+        "plot_word_types",
+    }, sorted(jobs)
     assert all(any("Params have changed" in r for r in jobs[rule]) for rule in jobs), jobs
     # and an edit of the engine re-runs the attribution chunks (the control)
     engine = code / "memaudit" / "attribution" / "engine.py"
