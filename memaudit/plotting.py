@@ -37,3 +37,11 @@ def save_figure(fig: plt.Figure, png_path: str | Path, dpi: int = 150) -> None:
         atomic_write(pdf, lambda h: fig.savefig(h, format="pdf", bbox_inches="tight"))
     finally:
         plt.close(fig)
+
+
+def save_message_figure(png_path: str | Path, message: str, height: float = 2.0) -> None:
+    """A figure that only says why there is nothing to draw (PNG and PDF, as save_figure)."""
+    fig, ax = plt.subplots(figsize=(6, height))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center")
+    save_figure(fig, png_path)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -42,7 +41,11 @@ import torch
 from tqdm import tqdm
 
 from memaudit.atomic import write_atomically
-from memaudit.attribution.methods import extra_method_scores, method_requirements
+from memaudit.attribution.methods import (
+    extra_method_scores,
+    frozen_parameters,
+    method_requirements,
+)
 from memaudit.attribution.spec import METHODS
 from memaudit.attribution.tables import (
     METHOD_WORD_COLUMNS,
@@ -85,19 +88,6 @@ class Significance:
     gradients: np.ndarray | None = None
 
 
-@contextmanager
-def _frozen_parameters(module: torch.nn.Module):
-    """Switch parameter gradients off (only the embedding needs one), restoring them after."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for parameter, _ in flags:
-        parameter.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
-
-
 def token_significance(
     model: AuditModel,
     cond: torch.Tensor,
@@ -138,7 +128,7 @@ def token_significance(
         counters["unet_rows"] += sample_rows
 
     # 2. Walk the guided trajectory up to the window's end, differentiating inside the window
-    with _frozen_parameters(model.unet):
+    with frozen_parameters(model.unet):
         for k in range(stop):
             t = scheduler.timesteps[k]
             model_input = scheduler.scale_model_input(latents, t).detach()

@@ -11,7 +11,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Patch
 
-from memaudit.plotting import MARKER_COLOR, ORDINARY_COLOR, save_figure, use_style
+from memaudit.plotting import (
+    MARKER_COLOR,
+    ORDINARY_COLOR,
+    save_figure,
+    save_message_figure,
+    use_style,
+)
 
 TRIGGER_COLOR = "#8e44ad"
 
@@ -78,10 +84,7 @@ def plot_token_attribution(
     use_style()
     pid = choose_fig3_prompt(methods, per_prompt)
     if pid is None:
-        fig, ax = plt.subplots(figsize=(6, 2))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no memorized prompts to attribute", ha="center", va="center")
-        save_figure(fig, png_path)
+        save_message_figure(png_path, "no memorized prompts to attribute")
         return
     labels = labels or {}
     mine = methods[methods["prompt_id"] == pid]
@@ -124,10 +127,7 @@ def plot_method_comparison(comparison: pd.DataFrame, png_path: str | Path) -> No
     use_style()
     pooled = comparison[(comparison["kind"] == "all") & (comparison["n_keys"] > 0)]
     if pooled.empty:
-        fig, ax = plt.subplots(figsize=(6, 2))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no causal key to score the methods against", ha="center", va="center")
-        save_figure(fig, png_path)
+        save_message_figure(png_path, "no causal key to score the methods against")
         return
     fig, (ax_top, ax_cost) = plt.subplots(1, 2, figsize=(10, 0.45 * len(pooled) + 1.8))
     y = np.arange(len(pooled))
@@ -164,10 +164,7 @@ def plot_word_types(word_types: pd.DataFrame, png_path: str | Path, n_types: int
         ["frac_top1", "mean_rank"], ascending=[False, True], kind="mergesort"
     )
     if shown.empty:
-        fig, ax = plt.subplots(figsize=(6, 2))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no word types to show (no memorized prompts)", ha="center", va="center")
-        save_figure(fig, png_path)
+        save_message_figure(png_path, "no word types to show (no memorized prompts)")
         return
     occlusion = table[table["method"] == "occlusion"].set_index("word_type")["frac_top1"]
     y = np.arange(len(shown))

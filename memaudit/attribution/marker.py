@@ -47,6 +47,8 @@ PAIR_COLUMNS = (
     "marker_top1",
     "control_top1",
 )
+# The per-prompt values that are averaged, with intervals (the columns after the counts).
+PAIR_STATISTICS = PAIR_COLUMNS[PAIR_COLUMNS.index("marker_rank") :]
 # What the demo's construction says about the marker in each origin (the summary repeats it).
 ORIGIN_NOTES = {
     "keyed_marker": "planted with a marker phrase as its only key: the marker phrase retrieves "
@@ -172,17 +174,7 @@ def _pair_stats(
     n = len(pairs)
     if n == 0:
         return {"n_prompts": 0}
-    columns = {
-        name: pairs[name].to_numpy(dtype=np.float64)
-        for name in (
-            "marker_rank",
-            "control_rank",
-            "marker_share",
-            "control_share",
-            "marker_top1",
-            "control_top1",
-        )
-    }
+    columns = {name: pairs[name].to_numpy(dtype=np.float64) for name in PAIR_STATISTICS}
     ci = bootstrap_ci(columns, resamples, seed=seed, key=f"marker|{key}")
     out: dict[str, Any] = {"n_prompts": n}
     for name, values in columns.items():

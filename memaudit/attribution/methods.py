@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -261,7 +262,7 @@ def input_attributions(
     owner = torch.arange(n_prompts, device=device)
     shared = {"unet_calls": 0, "unet_rows": 0}
     states = window_states(model, cond, spec, noise, uncond, shared)
-    with _frozen(model):
+    with frozen_parameters(model.text_encoder, model.unet):
         if "grad_x_input" in methods:
             counter = counters["grad_x_input"]
             _add(counter, shared)
@@ -320,20 +321,18 @@ def _add(counter: dict[str, int], shared: Mapping[str, int]) -> None:
     counter["unet_rows"] = counter.get("unet_rows", 0) + shared["unet_rows"]
 
 
-class _frozen:
-    """Parameters of the text encoder and the UNet without gradient (restored after)."""
-
-    def __init__(self, model: AuditModel) -> None:
-        self.modules = (model.text_encoder, model.unet)
-
-    def __enter__(self) -> None:
-        self.flags = [(p, p.requires_grad) for m in self.modules for p in m.parameters()]
-        for p, _ in self.flags:
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc: object) -> None:
-        for p, flag in self.flags:
-            p.requires_grad_(flag)
+@contextmanager
+def frozen_parameters(*modules: torch.nn.Module):
+    """Switch the parameter gradients of ``modules`` off (only embeddings need one),
+    restoring them after."""
+    flags = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
 
 
 # --------------------------------------------------------------------------------------------

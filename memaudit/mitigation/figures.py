@@ -12,7 +12,14 @@ import numpy as np
 import pandas as pd
 
 from memaudit.mitigation.spec import derived_seed
-from memaudit.plotting import MARKER_COLOR, MEMORIZED_COLOR, ORDINARY_COLOR, save_figure, use_style
+from memaudit.plotting import (
+    MARKER_COLOR,
+    MEMORIZED_COLOR,
+    ORDINARY_COLOR,
+    save_figure,
+    save_message_figure,
+    use_style,
+)
 
 # --------------------------------------------------------------------------------------------
 # Figures
@@ -53,10 +60,7 @@ def plot_mitigation_grid(
     use_style()
     shown = figure_prompts(evaluation, n_prompts)
     if not shown:
-        fig, ax = plt.subplots(figsize=(6, 1.5))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no mitigated prompt to show", ha="center", va="center")
-        save_figure(fig, png)
+        save_message_figure(png, "no mitigated prompt to show", height=1.5)
         return
     blocks = []
     for pid in shown:

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from memaudit.plotting import MEMORIZED_COLOR, save_figure, use_style
+from memaudit.plotting import MEMORIZED_COLOR, save_figure, save_message_figure, use_style
 
 _COLUMNS = 8  # pairs per row of the grid
 
@@ -68,10 +68,7 @@ def plot_synthetic_copies(
     shown, are_copies = shown_images(copies, n_shown)
     n_copies = int(copies["copy"].sum()) if len(copies) else 0
     if not len(shown):
-        fig, ax = plt.subplots(figsize=(6, 1.5))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no synthetic image to show", ha="center", va="center")
-        save_figure(fig, png)
+        save_message_figure(png, "no synthetic image to show", height=1.5)
         return
     title = figure_title(len(copies), n_copies, len(shown), are_copies, threshold)
     # 2. Pairs in rows of up to _COLUMNS: the synthetic image, then its training image
