@@ -113,6 +113,7 @@ class EmbeddingSpec:
             "batch_size",
             "unreadable",
             "search_block",
+            "controls",
             "baselines",
             "learned",
         }

@@ -10,9 +10,12 @@ generations should be new images. Per embedding (the configured one and its base
 - **ROC AUC** of the nearest-training similarity, planted against ordinary generations, which
   says how well the embedding separates them whatever the threshold.
 
-Generations come from the mitigation stage's ``original`` strategy (``n_seeds`` per selected
-prompt; intervals resample prompts, as seeds of one prompt are not independent) and, when it
-ran, from the synthetic set (prompts drawn by report frequency; intervals resample images).
+Generations come from the ``original`` strategy (source ``mitigation``: ``n_seeds`` per
+prompt; intervals resample prompts, as seeds of one prompt are not independent) - the
+mitigation stage's memorized and planted prompts, which give the recall, and the ordinary
+control prompts generated the same way (:mod:`memaudit.copy_detection.controls`), which give
+the false-copy rate - and, when it ran, from the synthetic set (prompts drawn by report
+frequency; intervals resample images).
 """
 
 from __future__ import annotations
@@ -73,6 +76,29 @@ def mitigation_originals(generations: pd.DataFrame) -> Generations:
     table.insert(0, "source", "mitigation")
     images = np.concatenate(stacks) if stacks else np.zeros((0, 1, 1), np.uint8)
     return Generations(images, table)
+
+
+def control_generations(images: np.ndarray, prompts: pd.DataFrame) -> Generations:
+    """The control prompts' images [prompts, seeds, H, W] as ``mitigation`` rows (the
+    ``original`` strategy's generations of ordinary prompts; never planted)."""
+    images = np.asarray(images)
+    if images.ndim != 4 or len(images) != len(prompts):
+        raise ValueError(
+            f"{len(prompts)} control prompts but control images of shape {images.shape} "
+            "(expected [prompts, seeds, H, W])"
+        )
+    ordered = prompts.sort_values("row", kind="mergesort")
+    n_seeds = int(images.shape[1])
+    table = pd.DataFrame(
+        {
+            "source": "mitigation",
+            "prompt_id": np.repeat(ordered["prompt_id"].astype(str).to_numpy(), n_seeds),
+            "planted": False,
+            "generation": np.tile(np.arange(n_seeds, dtype=np.int64), len(ordered)),
+        }
+    )
+    flat = images[ordered["row"].to_numpy(dtype=np.int64)].reshape(-1, *images.shape[2:])
+    return Generations(flat, table)
 
 
 def synthetic_images(images: np.ndarray, index: pd.DataFrame) -> Generations:

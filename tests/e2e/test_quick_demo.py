@@ -161,6 +161,14 @@ def test_copy_detector_is_trained_and_judged_against_the_planted_truth(run: Path
         # the recall is the planted generations' share of own-image copies, by prompt
         by_prompt = planted.groupby("prompt_id")["own_copy"].mean().mean()
         assert block["mitigation"]["copy_recall"]["rate"] == pytest.approx(by_prompt)
+        # the false-copy rate is the ordinary generations' share of copies (the control
+        # prompts and any unplanted mitigation prompt), by prompt
+        ordinary = rows[~rows["planted"]]
+        controls = pd.read_parquet(run / "results/copy_detection/controls/prompts.parquet")
+        assert set(controls["prompt_id"]) <= set(ordinary["prompt_id"])
+        assert len(controls) == 4
+        false = ordinary.groupby("prompt_id")["copy"].mean().mean()
+        assert block["mitigation"]["false_copy_rate"]["rate"] == pytest.approx(false)
         held = table[(table["embedding"] == name) & (table["source"] == "heldout")]
         assert len(held) == block["n_heldout"] > 0
         assert np.mean(held["similarity"] > block["threshold"]) <= 0.05 + 1e-9

@@ -62,7 +62,9 @@ def _rule_envs_and_scripts() -> list[tuple[str, str, str]]:
 def test_every_rule_script_imports_with_only_its_envs_packages():
     """A rule in envs/core.yaml must not import the model stack (diffusers, transformers, ...):
     run each script's memaudit imports in a Python where the packages of requirements.txt that
-    its env lacks cannot be imported."""
+    its env lacks cannot be imported. One Python per env (the blocked set is the env's), each
+    rule's imports tried in turn, so that a failure names its rule."""
+    import json
     import subprocess
     import sys
 
@@ -73,8 +75,13 @@ def test_every_rule_script_imports_with_only_its_envs_packages():
         "huggingface-hub": "huggingface_hub",
     }
     all_pins = set(pip_pins())
-    checked = 0
+    by_env: dict[str, list[tuple[str, list[str]]]] = {}
     for rule, env_file, script in _rule_envs_and_scripts():
+        imports = re.findall(r"^from (memaudit[\w.]*) import", (REPO / script).read_text(), re.M)
+        assert imports, f"rule {rule}: {script} imports nothing from memaudit"
+        by_env.setdefault(env_file, []).append((rule, imports))
+    checked = 0
+    for env_file, rules in sorted(by_env.items()):
         spec = yaml.safe_load((REPO / env_file).read_text())
         pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
         present = {line.split("==")[0].lower() for line in pip}
@@ -83,16 +90,23 @@ def test_every_rule_script_imports_with_only_its_envs_packages():
             for name in all_pins - present
             if name not in {"snakemake", "snakemake-executor-plugin-slurm", "pytest"}
         )
-        imports = re.findall(r"^from (memaudit[\w.]*) import", (REPO / script).read_text(), re.M)
-        assert imports, f"rule {rule}: {script} imports nothing from memaudit"
         code = (
-            "import sys\n"
+            "import importlib, json, sys, traceback\n"
             f"for name in {blocked!r}:\n"
             "    sys.modules[name] = None\n"
             f"sys.path.insert(0, {str(REPO)!r})\n"
-            + "".join(f"import {module}\n" for module in imports)
+            "failed = {}\n"
+            f"for rule, modules in {rules!r}:\n"
+            "    for module in modules:\n"
+            "        try:\n"
+            "            importlib.import_module(module)\n"
+            "        except Exception:\n"
+            "            failed[rule] = traceback.format_exc()[-800:]\n"
+            "print(json.dumps(failed))\n"
         )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        assert proc.returncode == 0, f"rule {rule} ({env_file}): {proc.stderr[-800:]}"
-        checked += 1
+        assert proc.returncode == 0, f"{env_file}: {proc.stderr[-800:]}"
+        failed = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert not failed, "\n".join(f"rule {r} ({env_file}): {e}" for r, e in failed.items())
+        checked += len(rules)
     assert checked >= 20

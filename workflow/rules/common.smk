@@ -175,7 +175,7 @@ def copy_embedding_spec(kind=None):
     block = {
         k: v
         for k, v in config["copy_detection"].items()
-        if k not in EmbeddingSpec.THRESHOLD_KEYS
+        if k not in EmbeddingSpec.THRESHOLD_KEYS and k != "controls"
     }
     if kind is not None:
         block["embedding"] = kind
@@ -298,6 +298,24 @@ def get_validity_synthetic(wildcards=None):
     return {
         "synthetic_images": "results/synthetic/images.npz",
         "synthetic_index": "results/synthetic/images.parquet",
+    }
+
+
+def copy_controls_spec():
+    """The control prompts' count and the original strategy's generation settings."""
+    block = config["mitigation"]
+    keys = ("n_seeds", "steps", "guidance", "seed", "batch_size")
+    return {"n": config["copy_detection"]["controls"], **{k: block[k] for k in keys}}
+
+
+def get_copy_controls(wildcards=None):
+    """The ordinary control prompts' generations (when copy_detection.controls > 0)."""
+    if not config["copy_detection"]["controls"]:
+        return {}
+    folder = "results/copy_detection/controls"
+    return {
+        "control_images": f"{folder}/images.npz",
+        "control_prompts": f"{folder}/prompts.parquet",
     }
 
 

@@ -47,10 +47,37 @@ rule embed_training_images:
         "../scripts/embed_training_images.py"
 
 
+rule generate_copy_controls:
+    input:
+        ranked="results/threshold/ranked_prompts.parquet",
+        truth=get_demo_truth(),
+        model=get_model_input(),
+    output:
+        images="results/copy_detection/controls/images.npz",
+        prompts="results/copy_detection/controls/prompts.parquet",
+        stats="results/copy_detection/controls/stats.json",
+    log:
+        "logs/generate_copy_controls.log",
+    benchmark:
+        "benchmarks/generate_copy_controls.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        code=code_of("generate_copy_controls"),
+        model=config["model"],
+        controls=copy_controls_spec(),
+    script:
+        "../scripts/generate_copy_controls.py"
+
+
 rule evaluate_copy_detection:
     input:
         unpack(get_all_copy_references),
         unpack(get_validity_synthetic),
+        unpack(get_copy_controls),
         generations="results/mitigation/generations.parquet",
         images=gather.mitigate("results/mitigation/chunks/{scatteritem}.npz"),
         truth=get_demo_truth(),

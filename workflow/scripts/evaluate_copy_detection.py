@@ -16,6 +16,7 @@ import torch
 from memaudit.atomic import write_atomically
 from memaudit.copy_detection.reference import CopyReference
 from memaudit.copy_detection.validity import (
+    control_generations,
     judge,
     mitigation_originals,
     summarize_validity,
@@ -25,6 +26,10 @@ from memaudit.copy_detection.validity import (
 torch.set_num_threads(snakemake.threads)
 params, inputs = snakemake.params, snakemake.input
 generations = [mitigation_originals(pd.read_parquet(inputs.generations))]
+if inputs.get("control_images"):
+    with np.load(inputs.control_images, allow_pickle=False) as archive:
+        images = archive["images"]
+    generations.append(control_generations(images, pd.read_parquet(inputs.control_prompts)))
 if inputs.get("synthetic_images"):
     with np.load(inputs.synthetic_images, allow_pickle=False) as archive:
         images = archive["images"]
