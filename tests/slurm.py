@@ -25,6 +25,7 @@ GPU_RULES = frozenset(
         "verify_planted_keys",
         "attribute_tokens",
         "generate_mitigations",
+        "generate_copy_controls",
         "evaluate_mitigations",
         "train_copy_detector",
         "evaluate_copy_detection",
