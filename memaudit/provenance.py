@@ -57,7 +57,7 @@ def package_imports(source: str) -> set[str]:
     Candidates that are not modules are dropped by :func:`module_closure`.
     """
     found: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in _import_statements(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.module:
             parts = node.module.split(".")
             if parts[0] != PACKAGE or node.level:
@@ -72,6 +72,19 @@ def package_imports(source: str) -> set[str]:
                 if parts[0] == PACKAGE and len(parts) > 1:
                     found.add(".".join(parts[1:]))
     return found
+
+
+def _import_statements(tree: ast.AST):
+    """Every import statement of a module, at any depth (function and class bodies, branches,
+    handlers, match cases): a walk over statement lists only, as expressions hold none."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+            continue
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            stack.extend(getattr(node, field, None) or ())
 
 
 def _is_module(name: str, package_dir: Path) -> bool:
@@ -94,10 +107,16 @@ def module_closure(names: tuple[str, ...], package_dir: Path = PACKAGE_DIR) -> l
         seen.add(name)
         parts = name.split(".")
         parents = [".".join(parts[:i]) for i in range(1, len(parts))]
-        source = module_path(name, package_dir).read_text(encoding="utf-8")
-        imported = {m for m in package_imports(source) if _is_module(m, package_dir)}
-        todo.extend(sorted((imported | set(parents)) - seen))
+        todo.extend(sorted((_module_imports(name, package_dir) | set(parents)) - seen))
     return sorted(seen)
+
+
+@cache
+def _module_imports(name: str, package_dir: Path) -> frozenset[str]:
+    """The package modules that module ``name`` imports directly, parsed once per process
+    (every rule's closure walks the same modules; a workflow parse asks for ~40 closures)."""
+    source = module_path(name, package_dir).read_text(encoding="utf-8")
+    return frozenset(m for m in package_imports(source) if _is_module(m, package_dir))
 
 
 @cache

@@ -522,9 +522,10 @@ def _copy_lines(copies: Mapping[str, Any] | None, synthetic: Mapping[str, Any] |
         "",
         "## Copy detection against the planted truth (demo)",
         "",
-        "Generations of the original prompts: copy recall (planted captions' generations "
-        "flagged as copies of their own image) and false copies (ordinary captions' "
-        "generations flagged as a copy of anything).",
+        "Generations of the original strategy: copy recall (planted captions' generations "
+        "flagged as copies of their own image) and false copies (generations of ordinary "
+        "captions - the control prompts of `copy_detection.controls` - flagged as a copy of "
+        "anything).",
         "",
         "| embedding | threshold | copy recall (95 % CI) | false copies (95 % CI) | ROC AUC |",
         "| --- | ---: | ---: | ---: | ---: |",

@@ -23,6 +23,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread_per_worker() -> Iterator[None]:
+    """In-process computations run on one thread: two pytest workers share two cores with the
+    quick demo's jobs, and more threads would only oversubscribe them (the workflow's own jobs
+    set their threads from the rule)."""
+    import torch  # noqa: PLC0415
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def snakemake(
     *args: str,
     workdir: Path,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 
 from memaudit import provenance
-from memaudit.provenance import code_version, module_closure, package_imports
+from memaudit.provenance import PACKAGE_DIR, code_version, module_closure, package_imports
 
 
 def _package(root: Path) -> Path:
@@ -24,6 +25,23 @@ def test_imports_are_found_in_every_form() -> None:
     source = "import memaudit.x\nfrom memaudit.y import z\nfrom memaudit import u, v\nimport os\n"
     # ``from memaudit.y import z``: z may be a submodule of y (kept only if it is a module)
     assert package_imports(source) == {"x", "y", "y.z", "u", "v"}
+
+
+def test_imports_nested_anywhere_are_found_as_a_full_walk_finds_them() -> None:
+    source = (
+        "try:\n    import memaudit.a\nexcept ImportError:\n    from memaudit.b import c\n"
+        "else:\n    pass\nfinally:\n    import memaudit.d\n"
+        "class K:\n    def f(self):\n        with open('x') as h:\n"
+        "            for i in h:\n                if i:\n                    import memaudit.e\n"
+        "match 1:\n    case 1:\n        from memaudit import g\n"
+        "while False:\n    pass\nelse:\n    import memaudit.h\n"
+    )
+    assert package_imports(source) == {"a", "b", "b.c", "d", "e", "g", "h"}
+    # On the package itself: the statement walk finds what a walk over every node finds.
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        full = {n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)}
+        assert set(provenance._import_statements(tree)) == full, path
 
 
 def test_closure_is_transitive(tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
 """Fault recovery: a run killed with SIGKILL while a scoring chunk runs resumes where it stopped.
 
-A copy of the finished quick demo loses its scores; snakemake re-scores them one chunk at a
-time (``--cores 1``) and is killed (SIGKILL, the whole process group, as an out-of-memory
-killer or a pre-empted node would) while the second chunk runs. After ``--unlock`` (the step a
-user takes after a crash), the re-run must redo only the unfinished chunks, leave the finished
-ones untouched, and gather exactly the scores of the uninterrupted run.
+A copy of the finished quick demo loses its last two scoring chunks and the gathered scores;
+snakemake re-scores them one chunk at a time (``--cores 1``) and is killed (SIGKILL, the whole
+process group, as an out-of-memory killer or a pre-empted node would) while the second chunk
+runs. After ``--unlock`` (the step a user takes after a crash), the re-run must redo only the
+unfinished chunk, leave the finished ones (and those never lost) untouched, and gather exactly
+the scores of the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -36,9 +37,16 @@ def test_killed_scoring_resumes_with_only_unfinished_chunks(quick_run: QuickRun,
     shutil.copytree(quick_run.workdir, run, symlinks=True)
     reference = pd.read_parquet(run / SCORES)
     chunk_names = sorted(_chunk_files(run))
-    assert len(chunk_names) >= 2, chunk_names
-    shutil.rmtree(run / "results/scoring")
+    assert len(chunk_names) >= 3, chunk_names
+    # The last two chunks and the gathered scores are lost (two suffice: one finishes, the
+    # other is killed); the chunks before them must stay untouched by the resumed run.
+    lost = chunk_names[-2:]
+    for name in lost:
+        for suffix in (".parquet", ".json"):
+            (run / "results/scoring/chunks" / f"{name}{suffix}").unlink()
+    (run / SCORES).unlink()
     shutil.rmtree(run / "logs/score_chunk", ignore_errors=True)
+    kept = {name: (p.stat().st_mtime_ns, p.read_bytes()) for name, p in _chunk_files(run).items()}
 
     cmd = [
         str(BIN / "snakemake"),
@@ -63,7 +71,7 @@ def test_killed_scoring_resumes_with_only_unfinished_chunks(quick_run: QuickRun,
     deadline = time.monotonic() + 900
     try:
         while time.monotonic() < deadline:
-            done = _chunk_files(run)
+            done = {name: p for name, p in _chunk_files(run).items() if name in lost}
             logs = list((run / "logs/score_chunk").glob("*.log"))
             if len(done) >= 1 and len(logs) > len(done):
                 break  # one chunk finished and the next one has started
@@ -78,9 +86,10 @@ def test_killed_scoring_resumes_with_only_unfinished_chunks(quick_run: QuickRun,
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
 
-    finished = _chunk_files(run)
-    assert 1 <= len(finished) < len(chunk_names), sorted(finished)
+    finished = {name: p for name, p in _chunk_files(run).items() if name in lost}
+    assert len(finished) == 1, sorted(finished)
     stamps = {name: (p.stat().st_mtime_ns, p.read_bytes()) for name, p in finished.items()}
+    stamps.update(kept)
     # nothing half-written that a re-run could trust
     for path in finished.values():
         pd.read_parquet(path)
@@ -88,7 +97,7 @@ def test_killed_scoring_resumes_with_only_unfinished_chunks(quick_run: QuickRun,
     snakemake("--unlock", workdir=run, overlays=(QUICK,))
     again = snakemake("--cores", "2", SCORES, workdir=run, overlays=(QUICK,))
     redone = set(re.findall(r"scatteritem=(\d+-of-\d+)", again.stdout + again.stderr))
-    assert redone == set(chunk_names) - set(finished), (sorted(redone), sorted(finished))
+    assert redone == set(lost) - set(finished), (sorted(redone), sorted(finished))
     for name, (mtime, content) in stamps.items():
         path = _chunk_files(run)[name]
         assert path.stat().st_mtime_ns == mtime and path.read_bytes() == content, name
