@@ -81,7 +81,7 @@ def test_chunk_count_change_reruns_no_score(quick_run: QuickRun, tmp_path: Path)
     nothing upstream of them."""
     run = copy_run(quick_run, tmp_path / "run")
     proc = snakemake(
-        "-n", "--cores", "2", "--set-scatter", "score=3", workdir=run, overlays=(QUICK,)
+        "-n", "--cores", "2", "--set-scatter", "score=2", workdir=run, overlays=(QUICK,)
     )
     jobs = planned(proc)
     assert "score_chunk" in jobs and not UPSTREAM & set(jobs)
