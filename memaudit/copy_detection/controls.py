@@ -92,7 +92,7 @@ def generate_controls(
 def control_spec(mitigation: Mapping[str, Any]) -> MitigationSpec:
     """The mitigation settings the ``original`` strategy's images depend on (strategies
     narrowed to ``original``: the controls are generated only that way)."""
-    keys = ("n_seeds", "steps", "guidance", "seed", "batch_size")
+    keys = MitigationSpec.ORIGINAL_KEYS
     return MitigationSpec.from_dict(
         {"strategies": ["original"], **{k: mitigation[k] for k in keys}}
     )

@@ -44,6 +44,16 @@ class MitigationSpec:
         {*SELECTION_KEYS, "chunks", "bootstrap"}
     )
 
+    # The keys the ``original`` strategy's images depend on (copy detection's control prompts
+    # are generated with exactly these).
+    ORIGINAL_KEYS: ClassVar[tuple[str, ...]] = (
+        "n_seeds",
+        "steps",
+        "guidance",
+        "seed",
+        "batch_size",
+    )
+
     strategies: tuple[str, ...] = _DEFAULTS["strategies"]
     n_seeds: int = _DEFAULTS["n_seeds"]
     steps: int = _DEFAULTS["steps"]

@@ -304,7 +304,7 @@ def get_validity_synthetic(wildcards=None):
 def copy_controls_spec():
     """The control prompts' count and the original strategy's generation settings."""
     block = config["mitigation"]
-    keys = ("n_seeds", "steps", "guidance", "seed", "batch_size")
+    keys = MitigationSpec.ORIGINAL_KEYS
     return {"n": config["copy_detection"]["controls"], **{k: block[k] for k in keys}}
 
 
