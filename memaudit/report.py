@@ -272,6 +272,7 @@ def audit_summary(
     n_word_types: int = 5,
     copy_detection: Mapping[str, Any] | None = None,
     synthetic: Mapping[str, Any] | None = None,
+    detectors: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``summary.json``: the numbers of every stage that ran (None for a stage that did not:
     detection outside the demo), and where the full report is."""
@@ -287,6 +288,7 @@ def audit_summary(
         "detection": None if detection is None else detection_numbers(detection),
         "copy_detection": None if copy_detection is None else copy_numbers(copy_detection),
         "synthetic": None if synthetic is None else synthetic_numbers(synthetic),
+        "detectors": None if detectors is None else detector_numbers(detectors),
         "where": dict(WHERE),
     }
     return json_safe(summary)
@@ -504,6 +506,60 @@ def _detection_lines(detection: Mapping[str, Any] | None) -> list[str]:
     return lines
 
 
+def detector_numbers(comparison: Mapping[str, Any]) -> dict[str, Any]:
+    """The detectors' table of ``results/evaluation/detectors.json``, trimmed for the page."""
+    keep = (
+        "detector",
+        "auc",
+        "auc_low",
+        "auc_high",
+        "tpr_at_1pct_fpr",
+        "tpr_at_1pct_fpr_low",
+        "tpr_at_1pct_fpr_high",
+        "unet_rows_per_prompt",
+        "backward_rows_per_prompt",
+        "seconds_per_1000_prompts",
+        "published",
+    )
+    rows = [{k: row.get(k) for k in keep} for row in comparison["detectors"]]
+    return {
+        "primary": comparison["primary"],
+        "rows": rows,
+        "memorized_sets": comparison["memorized_sets"],
+        "combination": comparison["combination"]["verdict"],
+    }
+
+
+def _detector_lines(detectors: Mapping[str, Any] | None) -> list[str]:
+    if detectors is None:
+        return []
+    lines = [
+        "",
+        "## Detectors side by side (demo)",
+        "",
+        f"The threshold uses `{detectors['primary']}`. Rows: UNet forward + derivative rows per "
+        "prompt; Jaccard: overlap of the flagged set with the primary detector's.",
+        "",
+        "| detector | AUC (95 % CI) | TPR at 1 % FPR (95 % CI) | rows / prompt | "
+        "s / 1,000 prompts | Jaccard | published AUC / TPR (SD 1.4) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    sets = detectors["memorized_sets"]
+    for row in detectors["rows"]:
+        rows = (row.get("unet_rows_per_prompt") or 0) + (row.get("backward_rows_per_prompt") or 0)
+        jaccard = sets.get(row["detector"], {}).get("jaccard")
+        lines.append(
+            f"| `{row['detector']}` | {fmt(row['auc'], '.4f')} "
+            f"({ci((row.get('auc_low'), row.get('auc_high')), '.3f')}) | "
+            f"{fmt(row['tpr_at_1pct_fpr'], '.2f')} "
+            f"({ci((row.get('tpr_at_1pct_fpr_low'), row.get('tpr_at_1pct_fpr_high')), '.2f')}) | "
+            f"{fmt(rows, '.0f')} | {fmt(row.get('seconds_per_1000_prompts'), '.0f')} | "
+            f"{fmt(jaccard, '.2f')} | {row.get('published') or 'n/a'} |"
+        )
+    lines += ["", f"Combined detector: {detectors['combination']}."]
+    return lines
+
+
 def _copy_lines(copies: Mapping[str, Any] | None, synthetic: Mapping[str, Any] | None) -> list[str]:
     lines: list[str] = []
     if synthetic is not None:
@@ -551,6 +607,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         *_mitigation_lines(summary["mitigation"]),
         *_copy_lines(summary.get("copy_detection"), summary.get("synthetic")),
         *_detection_lines(summary["detection"]),
+        *_detector_lines(summary.get("detectors")),
         "",
         "## Where the report is",
         "",

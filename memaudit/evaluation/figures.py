@@ -37,3 +37,52 @@ def plot_per_step_auc(per_step: pd.DataFrame, png: str | Path) -> None:
     ax.set_ylabel("ROC AUC, planted vs other prompts")
     ax.legend(loc="lower left", frameon=True)
     save_figure(fig, png)
+
+
+def plot_detectors(roc: pd.DataFrame, table: pd.DataFrame, png: str | Path) -> None:
+    """The detectors side by side: ROC curves (log false-positive rate, so the 1 % point shows)
+    and cost against AUC (UNet rows per prompt, log scale, with the AUC's 95 % interval).
+
+    Writes ``png`` and a PDF beside it.
+    """
+    use_style()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), constrained_layout=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    rows = table.set_index("detector")
+    for i, (name, curve) in enumerate(roc.groupby("detector", sort=False)):
+        style = ":" if name == "rank_average" else "-"
+        fpr = np.maximum(curve["fpr"].to_numpy(), 1e-3)
+        left.step(
+            fpr,
+            curve["tpr"],
+            where="post",
+            linestyle=style,
+            color=colors[i % len(colors)],
+            label=f"{name} (AUC {rows.loc[name, 'auc']:.3f})",
+        )
+    left.axvline(0.01, color="0.5", linestyle=":", linewidth=1)
+    left.set_xscale("log")
+    left.set_xlim(1e-3, 1.0)
+    left.set_ylim(0.0, 1.02)
+    left.set_xlabel("false-positive rate (log; dotted: 1 %)")
+    left.set_ylabel("true-positive rate (planted prompts)")
+    left.legend(loc="lower right", frameon=True, fontsize=8)
+    singles = table[table["detector"] != "rank_average"]
+    for i, row in enumerate(singles.itertuples()):
+        cost = max(float(row.unet_rows_per_prompt) + float(row.backward_rows_per_prompt), 1e-3)
+        low = getattr(row, "auc_low", row.auc)
+        high = getattr(row, "auc_high", row.auc)
+        right.errorbar(
+            cost,
+            row.auc,
+            yerr=[[row.auc - low], [high - row.auc]],
+            fmt="o",
+            color=colors[i % len(colors)],
+            capsize=3,
+        )
+        right.annotate(row.detector, (cost, row.auc), textcoords="offset points", xytext=(5, 4))
+    right.set_xscale("log")
+    right.set_xlabel("UNet rows per prompt (forward + derivative, log)")
+    right.set_ylabel("ROC AUC (95 % interval)")
+    right.set_title("cost vs detection")
+    save_figure(fig, png)

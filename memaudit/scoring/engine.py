@@ -41,6 +41,9 @@ from memaudit.atomic import atomic_parquet
 from memaudit.batching import auto_batch_size, run_halving_batches
 from memaudit.diffusion import GuidedStep, guided_ddim, initial_noise
 from memaudit.model.loading import AuditModel
+from memaudit.scoring.attention import cross_attention_layers
+from memaudit.scoring.detectors.base import Cost, PromptBatch, clock, run_trajectory
+from memaudit.scoring.detectors.registry import DETECTORS
 from memaudit.scoring.gather import select_chunk
 from memaudit.scoring.spec import ScoringSpec
 
@@ -104,11 +107,15 @@ def _check_prompts(prompt_ids: list[str], texts: list[str]) -> None:
         raise ValueError(f"{len(duplicates)} duplicate prompt_id(s), e.g. {duplicates[0]!r}")
 
 
-def _initial_batch(model: AuditModel, spec: ScoringSpec, n_prompts: int) -> int:
+def _initial_batch(
+    model: AuditModel, spec: ScoringSpec, n_prompts: int, rows_per_generation: int = 2
+) -> int:
     """Prompts per batch: the configured number, or sized by :func:`auto_batch_size` (a prompt
-    brings generations x 2 UNet rows per call), never more than there are prompts."""
+    brings generations x ``rows_per_generation`` UNet rows per call), never more than there are
+    prompts."""
     if spec.batch_size == "auto":
-        batch = auto_batch_size(model, 2 * spec.generations, _MAX_AUTO_PROMPTS, _GPU_MEMORY_SHARE)
+        rows = rows_per_generation * spec.generations
+        batch = auto_batch_size(model, rows, _MAX_AUTO_PROMPTS, _GPU_MEMORY_SHARE)
     else:
         batch = int(spec.batch_size)
     return max(1, min(batch, n_prompts)) if n_prompts else batch
@@ -220,6 +227,7 @@ def _score_batches(
 def _scores_table(prompt_ids: list[str], all_norms: np.ndarray, spec: ScoringSpec) -> pd.DataFrame:
     """The scores table of :func:`score_prompts` from the norms [prompts, gens, steps]."""
     start, stop = spec.window_bounds()
+    n_steps = int(all_norms.shape[-1])
     d_mem = all_norms[..., start:stop].astype(np.float64).mean(axis=(-2, -1))
     n = len(prompt_ids)
     table = pd.DataFrame(
@@ -228,13 +236,13 @@ def _scores_table(prompt_ids: list[str], all_norms: np.ndarray, spec: ScoringSpe
             "d_mem": d_mem.astype(np.float64),
             "norms": [row.reshape(-1).astype(np.float32) for row in all_norms],
             "n_generations": np.full(n, spec.generations, dtype=np.int64),
-            "n_steps": np.full(n, spec.computed_steps, dtype=np.int64),
+            "n_steps": np.full(n, n_steps, dtype=np.int64),
         }
     )
     table.attrs.update(
         {
             "n_generations": spec.generations,
-            "n_steps": spec.computed_steps,
+            "n_steps": n_steps,
             "window": [start, stop],
             "guidance": float(spec.guidance),
             "seed": spec.seed,
@@ -242,6 +250,116 @@ def _scores_table(prompt_ids: list[str], all_norms: np.ndarray, spec: ScoringSpe
         }
     )
     return table
+
+
+def detect_prompts(
+    model: AuditModel,
+    prompt_ids: Sequence[str],
+    texts: Sequence[str],
+    spec: ScoringSpec,
+    progress: TextIO | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Run every detector of ``spec.detectors`` on the prompts; returns (table, statistics).
+
+    The table is :func:`score_prompts`' (``d_mem`` is Wen's, with its per-step ``norms``; the
+    trajectory runs as far as the furthest-reaching detector needs) plus one float64 column
+    ``score_<detector>`` per detector and ``score``, the primary detector's. Every detector sees
+    the same batches and the same x_T^j (a function of (seed, j) alone), and the trajectory
+    detectors share one guided pass per batch, so no score depends on chunking or batch size.
+    The statistics add, per detector, its UNet forward rows, derivative rows and seconds (a
+    trajectory detector is charged the steps it reads, as if it ran alone).
+    """
+
+    prompt_ids, texts = list(prompt_ids), list(texts)
+    _check_prompts(prompt_ids, texts)
+    modules = [DETECTORS[name] for name in spec.detectors]
+    if any(m.NEEDS.cross_attention for m in modules):
+        cross_attention_layers(model.unet)  # fail now, naming the reason, not mid-chunk
+    steps = max(m.NEEDS.trajectory_steps(spec) for m in modules if m.NEEDS.trajectory_steps)
+    device = model.device if isinstance(model.device, torch.device) else torch.device(model.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start_time = time.perf_counter()
+    noise = initial_noise(model.latent_shape, spec.generations, spec.seed, device)
+    with torch.no_grad():
+        uncond = model.encode([""])
+        # a JVP carries tangents beside the rows: budget twice the memory per row
+        per_generation = 4 if any(m.NEEDS.gradients for m in modules) else 2
+        initial_batch = _initial_batch(model, spec, len(texts), per_generation)
+    costs = {m.NAME: Cost() for m in modules}
+    bar = tqdm(
+        total=len(texts),
+        unit="prompt",
+        desc="detectors",
+        file=progress,
+        disable=progress is None,
+    )
+
+    def step(position: int, size: int) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+        began = clock(device)
+        with torch.no_grad():
+            ids = model.tokenize(texts[position : position + size])["input_ids"]
+            cond = model.encode_ids(ids)
+        batch = PromptBatch(model, ids, cond, noise, uncond, spec, clock(device) - began)
+        attention = {m.NAME: m.NEEDS.attention(batch) for m in modules if m.NEEDS.attention}
+        squares = any(m.NEEDS.squared_differences for m in modules)
+        batch.trajectory = run_trajectory(batch, steps, attention, squares)
+        outputs = {m.NAME: m.score(batch) for m in modules}
+        return (
+            batch.trajectory.norms.cpu().numpy(),
+            {name: out.scores for name, out in outputs.items()},
+            {name: out.cost for name, out in outputs.items()},
+        )
+
+    results, batch_size, halvings = run_halving_batches(
+        len(texts),
+        initial_batch,
+        step,
+        "prompts per batch",
+        "out of GPU memory scoring a single prompt; use a smaller model dtype, fewer "
+        "generations or fewer detectors",
+        progress,
+        bar,
+    )
+    bar.close()
+    for _, _, batch_costs in results:
+        for name, cost in batch_costs.items():
+            costs[name].add(cost)
+    seconds = time.perf_counter() - start_time
+    norms = (
+        np.concatenate([r[0] for r in results])
+        if results
+        else np.zeros((0, spec.generations, steps), dtype=np.float32)
+    )
+    table = _scores_table(prompt_ids, norms, spec)
+    for m in modules:
+        column = np.concatenate([r[1][m.NAME] for r in results]) if results else np.zeros(0)
+        table[f"score_{m.NAME}"] = column.astype(np.float64)
+    table["score"] = table[f"score_{spec.primary}"].to_numpy(dtype=np.float64)
+    table.attrs.update({"detectors": list(spec.detectors), "primary": spec.primary})
+    stats: dict[str, Any] = {
+        "n_prompts": len(texts),
+        "n_generations": spec.generations,
+        "n_steps": steps,
+        "scheduler_steps": spec.steps,
+        "window": list(spec.window_bounds()),
+        "guidance": float(spec.guidance),
+        "seed": spec.seed,
+        "device": str(device),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "detectors": {name: cost.as_dict() for name, cost in costs.items()},
+        "primary": spec.primary,
+        "batch_size_initial": initial_batch,
+        "batch_size_final": batch_size,
+        "oom_halvings": halvings,
+        "seconds": seconds,
+        "prompts_per_s": len(texts) / seconds if seconds > 0 else float("nan"),
+        "peak_cpu_rss_mb": _peak_rss_mb(),
+        "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else None,
+    }
+    return table, stats
 
 
 def score_chunk(
@@ -255,13 +373,14 @@ def score_chunk(
 ) -> dict[str, Any]:
     """Score chunk ``index`` of ``total`` of a prompts table and write it atomically to ``path``.
 
-    Returns the run statistics of :func:`score_prompts` plus the chunk position.
+    Every detector of ``spec.detectors`` runs (:func:`detect_prompts`). Returns the run
+    statistics plus the chunk position.
     """
     for column in ("prompt_id", "text"):
         if column not in prompts.columns:
             raise ValueError(f"prompts table has no {column!r} column")
     chunk = select_chunk(prompts, index, total)
-    scores, stats = score_prompts(
+    scores, stats = detect_prompts(
         model, chunk["prompt_id"].tolist(), chunk["text"].tolist(), spec, progress
     )
     atomic_parquet(scores, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ class ScoringSpec:
     # Keys of the config ``scoring`` block that belong to the workflow, not to the scores: the
     # chunk count only splits the prompts (x_T depends on (seed, generation) alone).
     WORKFLOW_KEYS: ClassVar[frozenset[str]] = frozenset({"chunks"})
+    # Keys that choose the detectors of the scoring stage; the stages that re-measure Wen's
+    # d_mem (attribution, key check, mitigation) do not take them.
+    DETECTOR_KEYS: ClassVar[frozenset[str]] = frozenset({"detectors", "primary"})
 
     steps: int = _DEFAULTS["steps"]
     guidance: float = _DEFAULTS["guidance"]
@@ -31,8 +35,15 @@ class ScoringSpec:
     window: tuple[int, int | None] = _DEFAULTS["window"]
     batch_size: int | str = _DEFAULTS["batch_size"]
     seed: int = _DEFAULTS["seed"]
+    detectors: tuple[str, ...] = tuple(_DEFAULTS["detectors"])
+    primary: str = _DEFAULTS["primary"]
 
     def __post_init__(self) -> None:
+        from memaudit.scoring.catalog import check_detector_names
+
+        if not isinstance(self.detectors, (list, tuple)):
+            raise ValueError(f"scoring.detectors must be a list, got {self.detectors!r}")
+        object.__setattr__(self, "detectors", check_detector_names(self.detectors, self.primary))
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"scoring.steps must be a positive integer, got {self.steps!r}")
         if not isinstance(self.generations, int) or self.generations < 1:
@@ -75,5 +86,9 @@ class ScoringSpec:
 
     @property
     def computed_steps(self) -> int:
-        """How many sampling steps are run: up to the end of the window, never further."""
+        """How many sampling steps Wen's d_mem needs: up to the end of the window."""
         return self.window_bounds()[1]
+
+    def wen_only(self) -> ScoringSpec:
+        """The same settings with Wen's detector alone (for stages that re-measure d_mem)."""
+        return dataclasses.replace(self, detectors=("wen",), primary="wen")

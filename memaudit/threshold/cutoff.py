@@ -50,20 +50,24 @@ def threshold_scores(
     percentile: float = 99.0,
     z: float = 3.0,
     value: float | None = None,
+    column: str = "d_mem",
 ) -> tuple[pd.DataFrame, float]:
-    """Join scores to prompts and flag memorized prompts (d_mem strictly above the threshold).
+    """Join scores to prompts and flag memorized prompts (``column`` strictly above the
+    threshold; ``score`` is the primary detector's, ``d_mem`` Wen's).
 
-    Returns the table (prompt columns + ``d_mem``, ``rank`` (1 = highest score) and
-    ``memorized``; sorted by rank; stored norms are left out) and the threshold. Every scored
-    prompt must be in ``prompts`` and every prompt scored; otherwise the error counts them.
+    Returns the table (prompt columns + ``d_mem``, the ``column`` when it is another, ``rank``
+    (1 = highest score) and ``memorized``; sorted by rank; stored norms are left out) and the
+    threshold. Every scored prompt must be in ``prompts`` and every prompt scored; otherwise
+    the error counts them.
     """
-    for name, table, column in (
+    for name, table, needed in (
         ("scores", scores, "d_mem"),
+        ("scores", scores, column),
         ("scores", scores, "prompt_id"),
         ("prompts", prompts, "prompt_id"),
     ):
-        if column not in table.columns:
-            raise ValueError(f"{name} table has no {column!r} column")
+        if needed not in table.columns:
+            raise ValueError(f"{name} table has no {needed!r} column")
     scored, listed = set(scores["prompt_id"]), set(prompts["prompt_id"])
     if len(scored) != len(scores):
         raise ValueError(f"scores table has {len(scores) - len(scored)} duplicate prompt_id(s)")
@@ -74,13 +78,14 @@ def threshold_scores(
             f"(e.g. {sorted(unscored)[:3]}), {len(unknown)} score(s) of unknown prompts "
             f"(e.g. {sorted(unknown)[:3]})"
         )
-    threshold = score_threshold(scores["d_mem"], method, percentile, z, value)
-    extra = [c for c in prompts.columns if c in scores.columns and c != "prompt_id"]
+    threshold = score_threshold(scores[column], method, percentile, z, value)
+    kept = list(dict.fromkeys(["prompt_id", "d_mem", column]))
+    extra = [c for c in prompts.columns if c in kept and c != "prompt_id"]
     table = prompts.drop(columns=extra).merge(
-        scores[["prompt_id", "d_mem"]], on="prompt_id", how="inner", validate="one_to_one"
+        scores[kept], on="prompt_id", how="inner", validate="one_to_one"
     )
-    table = table.sort_values(["d_mem", "prompt_id"], ascending=[False, True], kind="mergesort")
+    table = table.sort_values([column, "prompt_id"], ascending=[False, True], kind="mergesort")
     table = table.reset_index(drop=True)
     table["rank"] = np.arange(1, len(table) + 1, dtype=np.int64)
-    table["memorized"] = table["d_mem"].to_numpy() > threshold
+    table["memorized"] = table[column].to_numpy() > threshold
     return table, threshold

@@ -12,15 +12,21 @@ from memaudit.plotting import MEMORIZED_COLOR, ORDINARY_COLOR, save_figure, use_
 
 
 def plot_score_distribution(
-    table: pd.DataFrame, threshold: float, png: str | Path, log_y: bool = False
+    table: pd.DataFrame,
+    threshold: float,
+    png: str | Path,
+    log_y: bool = False,
+    column: str = "d_mem",
+    label: str = "d_mem",
 ) -> None:
-    """Fig. 2: every unique prompt's d_mem by rank (memorized in red) and a histogram.
+    """Fig. 2: every unique prompt's score (``column``, the thresholded one) by rank
+    (memorized in red) and a histogram; ``label`` names the score on the axes.
 
     Writes ``png`` and a PDF beside it.
     """
     use_style()
-    ordered = table.sort_values("d_mem", ascending=False, kind="mergesort")
-    scores = ordered["d_mem"].to_numpy(dtype=np.float64)
+    ordered = table.sort_values(column, ascending=False, kind="mergesort")
+    scores = ordered[column].to_numpy(dtype=np.float64)
     memorized = scores > threshold
     ranks = np.arange(1, len(scores) + 1)
     fig, (left, right) = plt.subplots(
@@ -36,15 +42,15 @@ def plot_score_distribution(
     )
     left.axhline(threshold, color=MEMORIZED_COLOR, linestyle="--", linewidth=1)
     left.set_xscale("log")
-    left.set_xlabel("rank of prompt (1 = highest d_mem)")
-    left.set_ylabel("d_mem")
+    left.set_xlabel(f"rank of prompt (1 = highest {label})")
+    left.set_ylabel(label)
     left.set_title(f"{len(scores):,} unique prompts")
     left.legend(loc="upper right", frameon=True)
     bins = np.histogram_bin_edges(scores, bins=min(60, max(10, len(scores) // 20)))
     right.hist(scores[~memorized], bins=bins, color=ORDINARY_COLOR, alpha=0.85)
     right.hist(scores[memorized], bins=bins, color=MEMORIZED_COLOR, alpha=0.95)
     right.axvline(threshold, color=MEMORIZED_COLOR, linestyle="--", linewidth=1)
-    right.set_xlabel("d_mem")
+    right.set_xlabel(label)
     right.set_ylabel("prompts")
     if log_y:
         left.set_yscale("log")

@@ -74,6 +74,31 @@ def test_detection_finds_the_planted_prompts(run: Path):
     assert len(per_step) == metrics["n_steps"]
 
 
+def test_every_detector_is_scored_compared_and_costed(run: Path):
+    scores = pd.read_parquet(run / "results/scoring/scores.parquet")
+    summary = json.loads((run / "results/evaluation/detectors.json").read_text())
+    table = pd.read_parquet(run / "results/evaluation/detectors.parquet")
+    names = ["wen", "sharpness", "anisotropy", "bright_ending", "attention_entropy"]
+    for name in names:
+        assert np.isfinite(scores[f"score_{name}"]).all(), name
+    np.testing.assert_array_equal(scores["score"], scores["score_wen"])  # the primary
+    rows = table.set_index("detector")
+    assert list(rows.index) == [*names, "rank_average"]
+    # the table's Wen AUC is detection.json's all-steps AUC (the configured window)
+    detection = json.loads((run / "results/evaluation/detection.json").read_text())
+    assert rows.loc["wen", "auc"] == pytest.approx(detection["windows"]["configured"]["auc"])
+    assert (rows["auc_low"] <= rows["auc"]).all() and (rows["auc"] <= rows["auc_high"]).all()
+    # costs were counted in the scoring jobs: the first-step detectors are far cheaper
+    assert (
+        rows.loc["attention_entropy", "unet_rows_per_prompt"]
+        < rows.loc["wen", "unet_rows_per_prompt"] / 5
+    )
+    assert rows.loc["sharpness", "backward_rows_per_prompt"] > 0
+    assert summary["memorized_sets"]["wen"]["jaccard"] == 1.0
+    assert "adopted" in summary["combination"]
+    assert (run / "results/evaluation/detectors.png").stat().st_size > 5000
+
+
 def test_demo_model_reproduces_planted_images_only(run: Path):
     check = json.loads((run / "results/model/memorization_check.json").read_text())
     assert check["planted_reproduced_fraction"] >= 0.75, check

@@ -220,6 +220,49 @@ def test_empty_stages_say_so() -> None:
     assert "No word type to show (10 prompts attributed)." in page
 
 
+def test_detectors_side_by_side_on_the_page() -> None:
+    rows = [
+        {
+            "detector": "wen",
+            "auc": 0.9999,
+            "auc_low": 0.999,
+            "auc_high": 1.0,
+            "tpr_at_1pct_fpr": 1.0,
+            "tpr_at_1pct_fpr_low": 1.0,
+            "tpr_at_1pct_fpr_high": 1.0,
+            "unet_rows_per_prompt": 396.0,
+            "backward_rows_per_prompt": 0.0,
+            "seconds_per_1000_prompts": 4600.0,
+            "published": "0.996 / 0.982 (50 steps, 4 gen.)",
+        },
+        {
+            "detector": "sharpness",
+            "auc": 0.91,
+            "auc_low": 0.85,
+            "auc_high": 0.96,
+            "tpr_at_1pct_fpr": 0.4,
+            "tpr_at_1pct_fpr_low": 0.2,
+            "tpr_at_1pct_fpr_high": 0.6,
+            "unet_rows_per_prompt": 16.0,
+            "backward_rows_per_prompt": 8.0,
+            "seconds_per_1000_prompts": 600.0,
+            "published": "",
+        },
+    ]
+    comparison = {
+        "primary": "wen",
+        "detectors": rows,
+        "memorized_sets": {"wen": {"jaccard": 1.0}, "sharpness": {"jaccard": 0.25}},
+        "combination": {"verdict": "the rank average does not beat wen: not adopted"},
+    }
+    page = summary_markdown(_summary(detectors=comparison))
+    assert "## Detectors side by side (demo)" in page
+    assert "| `sharpness` | 0.9100 (0.850 to 0.960) | 0.40 (0.20 to 0.60) | 24 |" in page
+    assert "| 0.25 | n/a |" in page  # no published figure
+    assert "not adopted" in page
+    assert "Detectors side by side" not in summary_markdown(_summary())
+
+
 def test_page_and_json_hold_no_report_text() -> None:
     summary = _summary(min_word_prompts=20)
     page = summary_markdown(summary)

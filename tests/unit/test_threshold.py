@@ -42,6 +42,21 @@ def test_percentile_threshold_picks_exactly_the_top_percent() -> None:
     assert t95 < threshold
 
 
+def test_the_primary_detectors_score_decides_rank_and_flag() -> None:
+    rng = np.random.default_rng(1)
+    d_mem = rng.lognormal(size=300)
+    scores, prompts = _tables(d_mem)
+    scores["score"] = -d_mem  # another detector, the opposite order
+    table, threshold = threshold_scores(scores, prompts, column="score")
+    assert table["score"].is_monotonic_decreasing
+    assert set(table.loc[table["memorized"], "prompt_id"]) == set(
+        scores.loc[np.argsort(d_mem)[:3], "prompt_id"]
+    )
+    np.testing.assert_array_equal(table["d_mem"], -table["score"])  # Wen's d_mem is kept
+    with pytest.raises(ValueError, match="'score'"):
+        threshold_scores(scores.drop(columns="score"), prompts, column="score")
+
+
 def test_zscore_and_value_thresholds() -> None:
     d_mem = np.array([1.0, 1.0, 1.0, 1.0, 10.0, 2.0])
     scores, prompts = _tables(d_mem)

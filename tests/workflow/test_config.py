@@ -249,12 +249,13 @@ def _old_selections(cfg: dict) -> dict[tuple[str, str], dict]:
     scoring, mitigation = cfg["scoring"], cfg["mitigation"]
     not_generation = ("prompts", "sample_size", "include_planted", "chunks", "bootstrap")
     scores = {k: v for k, v in scoring.items() if k != "chunks"}
+    # the detector list (added later) reaches only the scoring jobs: the stages that
+    # re-measure Wen's d_mem keep the params they had
+    wen = {k: v for k, v in scores.items() if k not in ("detectors", "primary")}
     return {
         ("make_demo_corpus", "spec"): {k: v for k, v in cfg["demo"].items() if k != "enabled"},
         ("score_chunk", "scoring"): scores,
-        ("attribute_tokens", "scoring"): {
-            k: v for k, v in scoring.items() if k not in ("chunks", "window")
-        },
+        ("attribute_tokens", "scoring"): {k: v for k, v in wen.items() if k != "window"},
         # (methods, ig_steps and neutral_token joined window and batch_size with the methods
         # side by side: they change a chunk's outputs)
         ("attribute_tokens", "attribution"): {
@@ -264,7 +265,7 @@ def _old_selections(cfg: dict) -> dict[tuple[str, str], dict]:
         ("generate_mitigations", "mitigation"): {
             k: v for k, v in mitigation.items() if k not in not_generation
         },
-        ("generate_mitigations", "scoring"): scores,
+        ("generate_mitigations", "scoring"): wen,
         ("select_mitigation_prompts", "selection"): {
             k: mitigation[k] for k in ("prompts", "sample_size", "include_planted", "seed")
         },

@@ -50,7 +50,7 @@ rule verify_planted_keys:
     params:
         code=code_of("verify_planted_keys"),
         model=config["model"],
-        scoring=scoring_spec(),
+        scoring=wen_scoring_spec(),
         key_check=config["key_check"],
     script:
         "../scripts/verify_planted_keys.py"

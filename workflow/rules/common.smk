@@ -23,6 +23,7 @@ from memaudit.mitigation.spec import MitigationSpec
 from memaudit.model.spec import TrainSpec
 from memaudit.model.weights import check_model_config
 from memaudit.provenance import script_code_version
+from memaudit.scoring.catalog import check_model_support
 from memaudit.scoring.spec import ScoringSpec
 from memaudit.text import compile_markers
 
@@ -127,6 +128,14 @@ def scoring_spec():
     return {k: v for k, v in block.items() if k not in ScoringSpec.WORKFLOW_KEYS}
 
 
+def wen_scoring_spec():
+    """The scoring settings of stages that re-measure Wen's d_mem (key check, mitigation): the
+    detector list is not theirs, so changing it re-runs only scoring and what reads it.
+    """
+    dropped = ScoringSpec.WORKFLOW_KEYS | ScoringSpec.DETECTOR_KEYS
+    return {k: v for k, v in config["scoring"].items() if k not in dropped}
+
+
 def get_model_input():
     """The demo model folder when the workflow trains it; other models are params only."""
     return [config["model"]["path"]] if config["model"]["kind"] == "demo" else []
@@ -134,7 +143,11 @@ def get_model_input():
 
 def attribution_scoring():
     """The scoring settings of the attribution trajectory (its window is attribution's)."""
-    dropped = ScoringSpec.WORKFLOW_KEYS | AttributionSpec.REPLACED_SCORING_KEYS
+    dropped = (
+        ScoringSpec.WORKFLOW_KEYS
+        | ScoringSpec.DETECTOR_KEYS
+        | AttributionSpec.REPLACED_SCORING_KEYS
+    )
     return {k: v for k, v in config["scoring"].items() if k not in dropped}
 
 
@@ -194,6 +207,7 @@ def check_specs():
     cannot check (a window beyond the steps, a corpus too small for its planted copies)
     fails here, before any job, not inside its job (a GPU job, for scoring)."""
     ScoringSpec.from_dict(scoring_spec())
+    check_model_support(config["scoring"]["detectors"], config["model"])
     AttributionSpec.from_dict(config["attribution"]).scoring_spec(attribution_scoring())
     MitigationSpec.from_dict(mitigation_generation_spec())
     for kind in copy_embeddings():
@@ -231,6 +245,11 @@ def get_key_check():
 def get_demo_detection():
     """Detection against the demo's planted truth (demo runs only)."""
     return ["results/evaluation/detection.json"] if config["demo"]["enabled"] else []
+
+
+def get_detector_comparison():
+    """The detectors side by side against the demo's planted truth (demo runs only)."""
+    return ["results/evaluation/detectors.json"] if config["demo"]["enabled"] else []
 
 
 def get_training_image_inputs(wildcards=None):
@@ -376,7 +395,10 @@ def get_final_outputs():
             "results/model/memorization_check.json",
         ]
     if config["demo"]["enabled"]:
-        outputs += get_demo_detection() + ["results/evaluation/per_step_auc.png"]
+        outputs += get_demo_detection() + [
+            "results/evaluation/per_step_auc.png",
+            "results/evaluation/detectors.png",
+        ]
     outputs += [
         "results/attribution/summary.json",
         "results/figures/fig3_token_attribution.png",

@@ -46,7 +46,7 @@ rule generate_mitigations:
         code=code_of("generate_mitigations"),
         model=config["model"],
         mitigation=mitigation_generation_spec(),
-        scoring=scoring_spec(),
+        scoring=wen_scoring_spec(),
         markers=config["reports"]["markers"],
     script:
         "../scripts/generate_mitigations.py"

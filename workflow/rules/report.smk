@@ -11,6 +11,7 @@ rule summarize_audit:
         attribution="results/attribution/summary.json",
         mitigation="results/mitigation/summary.json",
         detection=get_demo_detection(),
+        detectors=get_detector_comparison(),
         copy_detection=get_copy_validity(),
         synthetic=get_synthetic_summary(),
     output:

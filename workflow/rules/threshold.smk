@@ -21,6 +21,7 @@ rule threshold_scores:
     params:
         code=code_of("threshold_scores"),
         threshold=config["threshold"],
+        primary=config["scoring"]["primary"],
     script:
         "../scripts/threshold_scores.py"
 

@@ -31,6 +31,7 @@ summary = audit_summary(
     detection=optional("detection"),  # the demo's planted truth only
     copy_detection=optional("copy_detection"),
     synthetic=optional("synthetic"),
+    detectors=optional("detectors"),  # the demo's planted truth only
     prompt_texts=pd.read_parquet(inputs.prompt_table, columns=["text"])["text"].astype(str),
     min_word_prompts=snakemake.params.min_word_prompts,
 )

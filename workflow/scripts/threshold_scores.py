@@ -17,14 +17,20 @@ from memaudit.threshold.enrichment import marker_enrichment
 
 cfg = snakemake.params.threshold
 table, threshold = threshold_scores(
-    pd.read_parquet(snakemake.input.scores, columns=["prompt_id", "d_mem"]),
+    pd.read_parquet(snakemake.input.scores, columns=["prompt_id", "d_mem", "score"]),
     pd.read_parquet(snakemake.input.prompts),
     method=cfg["method"],
     percentile=cfg["percentile"],
     z=cfg["z"],
     value=cfg["value"],
+    column="score",  # the primary detector's (scoring.primary)
 )
-stats = {"method": cfg, "threshold": threshold, **marker_enrichment(table)}
+stats = {
+    "method": cfg,
+    "detector": snakemake.params.primary,
+    "threshold": threshold,
+    **marker_enrichment(table),
+}
 write_atomically(
     {
         snakemake.output.ranked: table,
