@@ -37,6 +37,8 @@ localrules:
     plot_score_distribution,
     evaluate_detection,
     plot_per_step_auc,
+    compare_detectors,
+    plot_detectors,
     select_attribution_prompts,
     gather_attribution,
     summarize_attribution,

@@ -80,7 +80,14 @@ def plot_detectors(roc: pd.DataFrame, table: pd.DataFrame, png: str | Path) -> N
             color=colors[i % len(colors)],
             capsize=3,
         )
-        right.annotate(row.detector, (cost, row.auc), textcoords="offset points", xytext=(5, 4))
+        # alternate label sides: detectors of equal cost and AUC (shared trajectory) stay legible
+        right.annotate(
+            row.detector,
+            (cost, row.auc),
+            textcoords="offset points",
+            xytext=(6, 6 if i % 2 == 0 else -12),
+            ha="left" if i % 2 == 0 else "right",
+        )
     right.set_xscale("log")
     right.set_xlabel("UNet rows per prompt (forward + derivative, log)")
     right.set_ylabel("ROC AUC (95 % interval)")

@@ -1,1 +1,2 @@
-"""Memorization scores (d_mem) of every prompt, in chunks."""
+"""Memorization scores of every prompt, in chunks: Wen et al.'s d_mem and the detectors
+beside it (``scoring.detectors``)."""

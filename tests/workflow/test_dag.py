@@ -93,6 +93,7 @@ def test_radedit_preset_dag_has_every_audit_stage_and_no_demo_rule(workdir: Path
         "verify_planted_keys",
         "plot_attribution_methods",
         "evaluate_detection",
+        "compare_detectors",
         "embed_training_images",  # no training images configured: copy detection skipped
     }
     assert not demo_only & rules, sorted(demo_only & rules)

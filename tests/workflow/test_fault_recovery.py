@@ -1,11 +1,11 @@
 """Fault recovery: a run killed with SIGKILL while a scoring chunk runs resumes where it stopped.
 
 A copy of the finished quick demo loses its last two scoring chunks and the gathered scores;
-snakemake re-scores them one chunk at a time (``--cores 1``) and is killed (SIGKILL, the whole
-process group, as an out-of-memory killer or a pre-empted node would) while the second chunk
-runs. After ``--unlock`` (the step a user takes after a crash), the re-run must redo only the
-unfinished chunk, leave the finished ones (and those never lost) untouched, and gather exactly
-the scores of the uninterrupted run.
+snakemake re-scores them one chunk at a time (``--cores 2``: a scoring job takes both cores,
+so only one runs) and is killed (SIGKILL, the whole process group, as an out-of-memory killer
+or a pre-empted node would) while the second chunk runs. After ``--unlock`` (the step a user
+takes after a crash), the re-run must redo only the unfinished chunk, leave the finished ones
+(and those never lost) untouched, and gather exactly the scores of the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def test_killed_scoring_resumes_with_only_unfinished_chunks(quick_run: QuickRun,
         str(REPO / "config.yaml"),
         str(QUICK),
         "--cores",
-        "1",
+        "2",  # one scoring job at a time (each takes 2 threads), at full speed
         SCORES,
     ]
     proc = subprocess.Popen(
@@ -105,6 +105,10 @@ def test_killed_scoring_resumes_with_only_unfinished_chunks(quick_run: QuickRun,
     resumed = pd.read_parquet(run / SCORES)
     assert list(resumed["prompt_id"]) == list(reference["prompt_id"])
     np.testing.assert_allclose(resumed["d_mem"], reference["d_mem"], rtol=1e-5)
+    for column in [c for c in reference.columns if c.startswith("score")]:
+        np.testing.assert_allclose(
+            resumed[column], reference[column], rtol=1e-5, atol=1e-6, err_msg=column
+        )
     np.testing.assert_allclose(
         np.stack(resumed["norms"]), np.stack(reference["norms"]), rtol=1e-5, atol=1e-7
     )
