@@ -50,6 +50,8 @@ localrules:
     plot_mitigation_grid,
     plot_mitigation_diversity,
     plot_copy_detection,
+    gather_synthetic_set,
+    plot_synthetic_copies,
     make_share_bundle,
     summarize_audit,
 

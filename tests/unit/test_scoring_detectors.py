@@ -45,7 +45,7 @@ ACROSS_BATCHES = {"rtol": 2e-5, "atol": 1e-6}
 
 
 def _spec(**values) -> ScoringSpec:
-    return ScoringSpec.from_dict({"steps": 5, "generations": 2, "seed": 4, **values})
+    return ScoringSpec.from_dict({"steps": 3, "generations": 2, "seed": 4, **values})
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_every_detector_gives_one_finite_score_per_prompt_and_its_cost(full):
         assert cost["unet_rows"] > 0 and cost["seconds"] > 0, name
     assert stats["detectors"]["sharpness"]["backward_rows"] > 0
     assert stats["detectors"]["wen"]["backward_rows"] == 0
-    # the full trajectory (Wen over all 5 steps) costs more rows than the first-step detectors
+    # the full trajectory (Wen over all 3 steps) costs more rows than the first-step detectors
     rows = {n: stats["detectors"][n]["unet_rows"] for n in ALL}
     assert rows["wen"] == rows["bright_ending"] > rows["attention_entropy"]
 

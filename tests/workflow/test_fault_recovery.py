@@ -1,11 +1,11 @@
 """Fault recovery: a run killed with SIGKILL while a scoring chunk runs resumes where it stopped.
 
 A copy of the finished quick demo loses its last two scoring chunks and the gathered scores;
-snakemake re-scores them one chunk at a time (``--cores 2``: a scoring job takes both cores,
-so only one runs) and is killed (SIGKILL, the whole process group, as an out-of-memory killer
-or a pre-empted node would) while the second chunk runs. After ``--unlock`` (the step a user
-takes after a crash), the re-run must redo only the unfinished chunk, leave the finished ones
-(and those never lost) untouched, and gather exactly the scores of the uninterrupted run.
+snakemake re-scores them one chunk at a time (``--cores 1``) and is killed (SIGKILL, the whole
+process group, as an out-of-memory killer or a pre-empted node would) while the second chunk
+runs. After ``--unlock`` (the step a user takes after a crash), the re-run must redo only the
+unfinished chunk, leave the finished ones (and those never lost) untouched, and gather exactly
+the scores of the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def test_killed_scoring_resumes_with_only_unfinished_chunks(quick_run: QuickRun,
         str(REPO / "config.yaml"),
         str(QUICK),
         "--cores",
-        "2",  # one scoring job at a time (each takes 2 threads), at full speed
+        "1",
         SCORES,
     ]
     proc = subprocess.Popen(
