@@ -28,11 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_scoring import demo_size_model, flops_per_row, make_prompts, radedit_size_model
+from bench_scoring import chosen_model, flops_per_row, make_prompts
 
 from memaudit.attribution.engine import attribute_prompts
 from memaudit.attribution.spec import METHODS, AttributionSpec
-from memaudit.model.loading import load_model
 from memaudit.selection import select_prompts
 from memaudit.text import prompt_id
 
@@ -56,12 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     texts = make_prompts(args.prompts)
-    if args.model_dir:
-        model = load_model({"kind": "demo", "path": args.model_dir}, device=str(device))
-    elif args.radedit_size:
-        model = radedit_size_model(texts, device)
-    else:
-        model = demo_size_model(texts, device)
+    model = chosen_model(args.model_dir, args.radedit_size, texts, device)
     memorized = pd.DataFrame(
         {
             "prompt_id": [prompt_id(t) for t in texts],

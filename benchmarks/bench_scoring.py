@@ -133,6 +133,18 @@ def radedit_size_model(prompts: list[str], device: torch.device) -> AuditModel:
     )
 
 
+def chosen_model(
+    model_dir: str | None, radedit_size: bool, texts: list[str], device: torch.device
+) -> AuditModel:
+    """The model a benchmark's ``--model-dir`` / ``--radedit-size`` flags ask for (a trained
+    demo folder first), else the demo-size random model."""
+    if model_dir:
+        return load_model({"kind": "demo", "path": model_dir}, device=str(device))
+    if radedit_size:
+        return radedit_size_model(texts, device)
+    return demo_size_model(texts, device)
+
+
 def loop_vae(model: AuditModel, size: str) -> AutoencoderKL:
     """The VAE the per-prompt pipeline decodes with (random weights; output never used)."""
     channels = model.latent_shape[0]

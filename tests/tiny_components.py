@@ -16,6 +16,7 @@ the repository root).
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 from pathlib import Path
@@ -94,6 +95,16 @@ def tiny_audit_model(kind: str = "demo") -> AuditModel:
         else:
             raise ValueError(f"unknown tiny model kind {kind!r}")
         return load_model(cfg, device="cpu")
+
+
+def float64_twin(model: AuditModel) -> AuditModel:
+    """The same model with its UNet and text encoder in float64 (copies), for finite
+    differences far above rounding."""
+    twin = copy.copy(model)
+    twin.unet = copy.deepcopy(model.unet).double()
+    twin.text_encoder = copy.deepcopy(model.text_encoder).double()
+    twin.dtype = torch.float64
+    return twin
 
 
 def tiny_vocab(captions: list[str] | None = None) -> list[str]:

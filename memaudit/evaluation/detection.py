@@ -7,18 +7,31 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score, roc_curve
+from scipy.stats import rankdata
+from sklearn.metrics import roc_auc_score
 
 from memaudit.scoring.gather import d_mem_from_norms, norms_matrix
 
 
-def _window_metrics(labels: np.ndarray, scores: np.ndarray, top_k: Sequence[int]) -> dict:
-    """AUC, TPR at 1 % FPR and precision of the top k for one score vector."""
-    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
-    out: dict[str, Any] = {
-        "auc": float(roc_auc_score(labels, scores)),
-        "tpr_at_1pct_fpr": float(tpr[fpr <= 0.01].max()),
-    }
+def ranking_metrics(labels: np.ndarray, scores: np.ndarray, top_k: Sequence[int]) -> dict[str, Any]:
+    """ROC AUC, TPR at 1 % FPR and precision of the top k of one score vector, in O(n log n)
+    without a ROC curve (the detectors' bootstrap calls it thousands of times); equal to
+    scikit-learn's (tested).
+
+    AUC is the Mann-Whitney statistic with tied scores counted half; TPR at 1 % FPR is the
+    share of positives strictly above the (k+1)-th highest negative, k = ⌊0.01 · negatives⌋
+    (the largest TPR of a threshold ``score >= t`` whose FPR is at most 1 %).
+    """
+    labels = np.asarray(labels, dtype=bool)
+    n_pos = int(labels.sum())
+    n_neg = len(labels) - n_pos
+    ranks = rankdata(scores)
+    auc = (ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    allowed = int(np.floor(0.01 * n_neg + 1e-12))
+    negatives = np.sort(scores[~labels])[::-1]
+    above = scores[labels] > negatives[allowed] if allowed < n_neg else np.ones(n_pos, bool)
+    tpr = float(above.sum() / n_pos)
+    out: dict[str, Any] = {"auc": float(auc), "tpr_at_1pct_fpr": tpr}
     order = np.argsort(-scores, kind="mergesort")
     for k in top_k:
         out[f"precision_at_{k}"] = float(labels[order[:k]].mean()) if k <= len(labels) else None
@@ -69,7 +82,7 @@ def evaluate_truth(
         "n_planted_not_scored": len(positives - set(scores_with_norms["prompt_id"])),
         "n_generations": n_generations,
         "n_steps": n_steps,
-        "windows": {name: _window_metrics(labels, s, top_k) for name, s in windows.items()},
+        "windows": {name: ranking_metrics(labels, s, top_k) for name, s in windows.items()},
     }
     per_step_scores = norms.mean(axis=1)  # [prompts, steps]
     cumulative = np.cumsum(per_step_scores, axis=1) / np.arange(1, n_steps + 1)

@@ -124,20 +124,20 @@ class AttentionCapture:
                 "a cross-attention layer was called without encoder_hidden_states"
             )
         with torch.no_grad():
-            start = _now(hidden.device)
+            start = clock(hidden.device)
             probs = attention_probabilities(module, hidden[: self.rows], context[: self.rows])
-            shared = _now(hidden.device) - start
+            shared = clock(hidden.device) - start
             for name in wanted:
-                begin = _now(hidden.device)
+                begin = clock(hidden.device)
                 reduced = self.requests[name][1](self._names[id(module)], probs)
                 self.results[name].setdefault(self.call, []).append(
                     (self._names[id(module)], reduced)
                 )
-                self.seconds[name] += shared + _now(hidden.device) - begin
+                self.seconds[name] += shared + clock(hidden.device) - begin
 
 
-def _now(device: torch.device) -> float:
-    """A wall clock that waits for queued GPU work first, so GPU time is counted."""
+def clock(device: torch.device) -> float:
+    """Wall seconds, after queued GPU work has finished (so GPU time is counted)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()

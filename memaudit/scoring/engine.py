@@ -121,6 +121,57 @@ def _initial_batch(
     return max(1, min(batch, n_prompts)) if n_prompts else batch
 
 
+def _start_run(model: AuditModel, spec: ScoringSpec) -> tuple[torch.device, torch.Tensor, float]:
+    """(device, x_T of the generations, start time) of a scoring run; GPU peak memory is reset
+    so that the run's statistics report its own peak."""
+    device = model.device if isinstance(model.device, torch.device) else torch.device(model.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start_time = time.perf_counter()
+    return (
+        device,
+        initial_noise(model.latent_shape, spec.generations, spec.seed, device),
+        start_time,
+    )
+
+
+def _run_statistics(
+    model: AuditModel,
+    device: torch.device,
+    spec: ScoringSpec,
+    n_prompts: int,
+    n_steps: int,
+    batch_sizes: tuple[int, int],
+    halvings: int,
+    seconds: float,
+    counts: dict[str, Any],
+) -> dict[str, Any]:
+    """The statistics every scoring run reports: settings, device, batch sizes (initial,
+    final) and out-of-memory halvings, ``counts`` (what the run counted), time and peak
+    memory (CPU RSS, GPU max allocated)."""
+    return {
+        "n_prompts": n_prompts,
+        "n_generations": spec.generations,
+        "n_steps": n_steps,
+        "scheduler_steps": spec.steps,
+        "window": list(spec.window_bounds()),
+        "guidance": float(spec.guidance),
+        "seed": spec.seed,
+        "device": str(device),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "batch_size_initial": batch_sizes[0],
+        "batch_size_final": batch_sizes[1],
+        "oom_halvings": halvings,
+        **counts,
+        "seconds": seconds,
+        "prompts_per_s": n_prompts / seconds if seconds > 0 else float("nan"),
+        "peak_cpu_rss_mb": _peak_rss_mb(),
+        "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else None,
+    }
+
+
 def score_prompts(
     model: AuditModel,
     prompt_ids: Sequence[str],
@@ -142,11 +193,7 @@ def score_prompts(
     # 1. Check inputs, prepare x_T, e_∅ and the batch size
     prompt_ids, texts = list(prompt_ids), list(texts)
     _check_prompts(prompt_ids, texts)
-    device = model.device if isinstance(model.device, torch.device) else torch.device(model.device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start_time = time.perf_counter()
-    noise = initial_noise(model.latent_shape, spec.generations, spec.seed, device)
+    device, noise, start_time = _start_run(model, spec)
     with torch.no_grad():
         uncond = model.encode([""])
         initial_batch = _initial_batch(model, spec, len(texts))
@@ -158,28 +205,17 @@ def score_prompts(
     seconds = time.perf_counter() - start_time
     # 3. Assemble the table and the statistics
     table = _scores_table(prompt_ids, all_norms, spec)
-    stats: dict[str, Any] = {
-        "n_prompts": len(texts),
-        "n_generations": spec.generations,
-        "n_steps": spec.computed_steps,
-        "scheduler_steps": spec.steps,
-        "window": list(spec.window_bounds()),
-        "guidance": float(spec.guidance),
-        "seed": spec.seed,
-        "device": str(device),
-        "dtype": str(model.dtype).replace("torch.", ""),
-        "batch_size_initial": initial_batch,
-        "batch_size_final": batch,
-        "oom_halvings": halvings,
-        "unet_calls": counters["unet_calls"],
-        "unet_rows": counters["unet_rows"],
-        "seconds": seconds,
-        "prompts_per_s": len(texts) / seconds if seconds > 0 else float("nan"),
-        "peak_cpu_rss_mb": _peak_rss_mb(),
-        "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20
-        if device.type == "cuda"
-        else None,
-    }
+    stats = _run_statistics(
+        model,
+        device,
+        spec,
+        len(texts),
+        spec.computed_steps,
+        (initial_batch, batch),
+        halvings,
+        seconds,
+        {"unet_calls": counters["unet_calls"], "unet_rows": counters["unet_rows"]},
+    )
     return table, stats
 
 
@@ -276,11 +312,7 @@ def detect_prompts(
     if any(m.NEEDS.cross_attention for m in modules):
         cross_attention_layers(model.unet)  # fail now, naming the reason, not mid-chunk
     steps = max(m.NEEDS.trajectory_steps(spec) for m in modules if m.NEEDS.trajectory_steps)
-    device = model.device if isinstance(model.device, torch.device) else torch.device(model.device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start_time = time.perf_counter()
-    noise = initial_noise(model.latent_shape, spec.generations, spec.seed, device)
+    device, noise, start_time = _start_run(model, spec)
     with torch.no_grad():
         uncond = model.encode([""])
         # a JVP carries tangents beside the rows: budget twice the memory per row
@@ -337,28 +369,20 @@ def detect_prompts(
         table[f"score_{m.NAME}"] = column.astype(np.float64)
     table["score"] = table[f"score_{spec.primary}"].to_numpy(dtype=np.float64)
     table.attrs.update({"detectors": list(spec.detectors), "primary": spec.primary})
-    stats: dict[str, Any] = {
-        "n_prompts": len(texts),
-        "n_generations": spec.generations,
-        "n_steps": steps,
-        "scheduler_steps": spec.steps,
-        "window": list(spec.window_bounds()),
-        "guidance": float(spec.guidance),
-        "seed": spec.seed,
-        "device": str(device),
-        "dtype": str(model.dtype).replace("torch.", ""),
-        "detectors": {name: cost.as_dict() for name, cost in costs.items()},
-        "primary": spec.primary,
-        "batch_size_initial": initial_batch,
-        "batch_size_final": batch_size,
-        "oom_halvings": halvings,
-        "seconds": seconds,
-        "prompts_per_s": len(texts) / seconds if seconds > 0 else float("nan"),
-        "peak_cpu_rss_mb": _peak_rss_mb(),
-        "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20
-        if device.type == "cuda"
-        else None,
-    }
+    stats = _run_statistics(
+        model,
+        device,
+        spec,
+        len(texts),
+        steps,
+        (initial_batch, batch_size),
+        halvings,
+        seconds,
+        {
+            "detectors": {name: cost.as_dict() for name, cost in costs.items()},
+            "primary": spec.primary,
+        },
+    )
     return table, stats
 
 

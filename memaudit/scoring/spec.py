@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -88,7 +87,3 @@ class ScoringSpec:
     def computed_steps(self) -> int:
         """How many sampling steps Wen's d_mem needs: up to the end of the window."""
         return self.window_bounds()[1]
-
-    def wen_only(self) -> ScoringSpec:
-        """The same settings with Wen's detector alone (for stages that re-measure d_mem)."""
-        return dataclasses.replace(self, detectors=("wen",), primary="wen")

@@ -3,8 +3,6 @@ tokenizer, a selection of report-like captions and the scoring settings."""
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,7 +14,7 @@ from memaudit.model.loading import AuditModel, radedit_scheduler
 from memaudit.scoring.spec import ScoringSpec
 from memaudit.selection import select_prompts
 from memaudit.text import compile_markers, prompt_id
-from tests.tiny_components import prompt_sensitive_latent_unet, tiny_bert_encoder
+from tests.tiny_components import float64_twin, prompt_sensitive_latent_unet, tiny_bert_encoder
 
 CAPTIONS = [
     "Small left pleural effusions, unchanged since ___.",
@@ -76,11 +74,7 @@ def model(bert_tokenizer: BertTokenizer) -> AuditModel:
 @pytest.fixture(scope="module")
 def model64(model: AuditModel) -> AuditModel:
     """The same model in float64, for finite differences far above rounding."""
-    twin = copy.copy(model)
-    twin.unet = copy.deepcopy(model.unet).double()
-    twin.text_encoder = copy.deepcopy(model.text_encoder).double()
-    twin.dtype = torch.float64
-    return twin
+    return float64_twin(model)
 
 
 @pytest.fixture(scope="module")

@@ -188,13 +188,13 @@ def test_figure_is_written(tmp_path):
 def test_fast_metrics_equal_scikit_learn_with_ties(seed):
     from sklearn.metrics import roc_curve
 
-    from memaudit.evaluation.detectors import _metrics
+    from memaudit.evaluation.detection import ranking_metrics
 
     rng = np.random.default_rng(seed)
     n = 450
     labels = rng.random(n) < 0.1
     scores = np.round(rng.normal(size=n) + 1.5 * labels, 1)  # many ties
-    fast = _metrics(labels, scores, (10,))
+    fast = ranking_metrics(labels, scores, (10,))
     fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
     assert fast["auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
     assert fast["tpr_at_1pct_fpr"] == pytest.approx(float(tpr[fpr <= 0.01].max()))

@@ -35,7 +35,7 @@ from memaudit.scoring.engine import detect_prompts, score_chunk, score_prompts
 from memaudit.scoring.gather import d_mem_from_norms, gather_scores
 from memaudit.scoring.spec import ScoringSpec
 from memaudit.text import prompt_id
-from tests.tiny_components import TINY_CAPTIONS, tiny_audit_model
+from tests.tiny_components import TINY_CAPTIONS, float64_twin, tiny_audit_model
 
 ALL = tuple(DETECTORS)
 SCORE_COLUMNS = [f"score_{name}" for name in ALL]
@@ -56,11 +56,7 @@ def demo_model():
 
 @pytest.fixture(scope="module")
 def demo_model64(demo_model):
-    twin = copy.copy(demo_model)
-    twin.unet = copy.deepcopy(demo_model.unet).double()
-    twin.text_encoder = copy.deepcopy(demo_model.text_encoder).double()
-    twin.dtype = torch.float64
-    return twin
+    return float64_twin(demo_model)
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,15 @@ count them in :class:`Cost`.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from memaudit.diffusion import GuidedStep, guided_ddim
 from memaudit.model.loading import AuditModel
-from memaudit.scoring.attention import AttentionCapture, Reducer
+from memaudit.scoring.attention import AttentionCapture, Reducer, clock
 from memaudit.scoring.spec import ScoringSpec
 
 
@@ -124,7 +123,6 @@ class PromptBatch:
     spec: ScoringSpec
     encode_seconds: float = 0.0
     trajectory: Trajectory | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def n_prompts(self) -> int:
@@ -141,13 +139,6 @@ class PromptBatch:
         """(conditioning, x_T) with one row per prompt × generation, prompt-major."""
         gens = self.n_generations
         return self.cond.repeat_interleave(gens, dim=0), self.noise.repeat(self.n_prompts, 1, 1, 1)
-
-
-def clock(device: torch.device) -> float:
-    """Wall seconds, after queued GPU work has finished (so GPU time is counted)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 @torch.no_grad()
