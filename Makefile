@@ -24,10 +24,11 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 # `make demo` ends with the answer: it runs the audit and builds the HTML report (`report`),
-# then prints the one-page summary that the report opens with.
+# then prints the brief that the report's first screen opens with (the full page:
+# results/report/summary.md).
 demo: report
 	@echo
-	@cat results/report/summary.md
+	@cat results/report/brief.md
 
 # Runs whatever of the audit is not done yet (nothing after `make demo`), then the report.
 report: $(STAMP)

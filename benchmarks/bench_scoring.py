@@ -240,6 +240,129 @@ def flops_per_row(model: AuditModel) -> float:
     return float(counter.get_total_flops())
 
 
+def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    """The machine's float32 matrix-multiply rate in GFLOP/s (n x n by n x n, best of three
+    rounds of ``repeats``), with the thread count this process uses: the peak the engine is
+    held against."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    for _ in range(2):
+        a @ b
+    best = 0.0
+    for _ in range(3):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def print_efficiency(model: AuditModel, results: dict) -> float:
+    """Achieved GFLOP/s of the engine (UNet FLOPs per row x rows/s) in both modes, against
+    the 2048^2 matmul rate measured here and now, and their ratio. Returns the matmul rate."""
+    flops = flops_per_row(model)
+    peak = matmul_gflops(torch.device(model.device))
+    print()
+    print(
+        f"UNet FLOPs per row: {flops / 1e9:.4f} GFLOP; float32 2048^2 matmul: {peak:.1f} GFLOP/s "
+        f"({torch.get_num_threads()} threads, measured in this run)"
+    )
+    for name in ("full", "first"):
+        stats = results[name][1]
+        rows_s = stats["unet_rows"] / stats["seconds"]
+        achieved = flops * rows_s / 1e9
+        print(
+            f"efficiency {name:<5}: {rows_s:8.1f} UNet rows/s = {achieved:7.1f} GFLOP/s; "
+            f"matmul {peak:7.1f} GFLOP/s; ratio {achieved / peak:.2f}"
+        )
+    return peak
+
+
+def layer_profile(model: AuditModel, batch_rows: int, repeats: int = 5) -> list[dict]:
+    """Where one UNet call's time goes, per leaf module: FLOPs (counted), seconds (wall clock
+    between forward pre- and post-hooks, averaged over ``repeats`` calls of ``batch_rows``
+    rows) and the GFLOP/s each layer achieves. Grouped by module class and place."""
+    unet = model.unet
+    sample = torch.randn((batch_rows, *model.latent_shape), device=model.device)
+    emb = model.encode([""]).expand(batch_rows, -1, -1)
+    timestep = torch.tensor(999, device=model.device)
+    names = {m: n for n, m in unet.named_modules()}
+    leaves = [m for m in unet.modules() if not list(m.children())]
+    # attention blocks are timed whole (their kernels run outside any leaf module)
+    attention = [m for m in unet.modules() if type(m).__name__ == "Attention"]
+    timed = [m for m in leaves if not any(m in set(a.modules()) for a in attention)] + attention
+    seconds = dict.fromkeys(timed, 0.0)
+    starts: dict = {}
+
+    def before(module, _args):
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+        starts[module] = time.perf_counter()
+
+    def after(module, _args, _out):
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+        seconds[module] += time.perf_counter() - starts[module]
+
+    with torch.no_grad():
+        counter = FlopCounterMode(display=False)
+        with counter:
+            unet(sample, timestep, encoder_hidden_states=emb)
+        per_module = counter.get_flop_counts()
+        unet(sample, timestep, encoder_hidden_states=emb)  # warm-up
+        handles = [m.register_forward_pre_hook(before) for m in timed]
+        handles += [m.register_forward_hook(after) for m in timed]
+        start = time.perf_counter()
+        for _ in range(repeats):
+            unet(sample, timestep, encoder_hidden_states=emb)
+        total = (time.perf_counter() - start) / repeats
+        for handle in handles:
+            handle.remove()
+    groups: dict[str, dict] = {}
+    for module in timed:
+        name = names[module]
+        place = "down" if "down_blocks" in name else "up" if "up_blocks" in name else "mid"
+        place = place if "blocks" in name else "stem"
+        key = f"{type(module).__name__} ({place})"
+        flops = sum(per_module.get(f"UNet2DConditionModel.{name}", {}).values())
+        group = groups.setdefault(key, {"layer": key, "calls": 0, "flops": 0.0, "seconds": 0.0})
+        group["calls"] += 1
+        group["flops"] += flops
+        group["seconds"] += seconds[module] / repeats
+    timed_total = sum(g["seconds"] for g in groups.values())
+    groups["(between layers: adds, concatenations, reshapes)"] = {
+        "layer": "(between layers: adds, concatenations, reshapes)",
+        "calls": 0,
+        "flops": 0.0,
+        "seconds": max(0.0, total - timed_total),
+    }
+    return sorted(groups.values(), key=lambda g: -g["seconds"]), total
+
+
+def print_layer_profile(model: AuditModel, batch_rows: int, peak: float) -> None:
+    """:func:`layer_profile` as a table: the layers that hold the engine back, and why."""
+    rows, total = layer_profile(model, batch_rows)
+    flops_total = sum(r["flops"] for r in rows)
+    print()
+    print(f"per-layer profile: one UNet call of {batch_rows} rows, {total * 1e3:.1f} ms")
+    header = (
+        f"{'layer (class, place)':<52} {'calls':>5} {'time %':>7} {'FLOP %':>7} "
+        f"{'GFLOP/s':>8} {'of matmul':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        rate = r["flops"] / r["seconds"] / 1e9 if r["seconds"] > 0 else 0.0
+        print(
+            f"{r['layer']:<52} {r['calls']:>5} {100 * r['seconds'] / total:>6.1f}% "
+            f"{100 * r['flops'] / max(flops_total, 1):>6.1f}% {rate:>8.1f} {rate / peak:>9.2f}"
+        )
+
+
 def with_dtype(model: AuditModel, dtype: torch.dtype) -> AuditModel:
     if dtype == model.dtype:
         return model
@@ -278,6 +401,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "SDXL-size for --radedit-size on a GPU, else tiny",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also time one UNet call per layer (what holds the achieved GFLOP/s back)",
+    )
     parser.add_argument(
         "--tf32",
         action="store_true",
@@ -410,6 +538,11 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; peak GPU {loop_gpu:.0f} MB" if loop_gpu is not None else "")
     )
     print(f"peak CPU RSS (whole process): {peak_rss_mb():.0f} MB")
+    peak = print_efficiency(engine_model, results)
+    if args.profile:
+        print_layer_profile(
+            engine_model, 2 * generations * results["full"][1]["batch_size_final"], peak
+        )
     if args.radedit_size:
         print_projection(engine_model, results["full"][1])
     return 0

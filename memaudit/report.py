@@ -39,6 +39,7 @@ SOURCES = {
 WHERE = {
     "html_report": "results/report.html",
     "summary": "results/report/summary.md",
+    "brief": "results/report/brief.md",
     "summary_json": "results/report/summary.json",
     "share_bundle": "results/share/",
 }
@@ -291,6 +292,7 @@ def audit_summary(
         "detectors": None if detectors is None else detector_numbers(detectors),
         "where": dict(WHERE),
     }
+    summary["validity"] = validity_numbers(summary)
     return json_safe(summary)
 
 
@@ -596,11 +598,145 @@ def _copy_lines(copies: Mapping[str, Any] | None, synthetic: Mapping[str, Any] |
     return lines
 
 
+# --------------------------------------------------------------------------------------------
+# The answer in brief, and the demo's self-check against its planted truth
+# --------------------------------------------------------------------------------------------
+
+#: The bars the demo organism must clear to count as a valid instrument (issues 12, 13, 17):
+#: (what, the summary value's path, "min" | "max", the bar).
+VALIDITY_BARS = (
+    ("detection AUC (primary detector, configured window)", "detection_auc", "min", 0.99),
+    ("detection TPR at 1 % FPR", "detection_tpr", "min", 0.9),
+    ("keyed captions with a causal key", "keys_causal_share", "min", 0.9),
+    ("causal key ranked first (best attribution method)", "key_top1", "min", 0.9),
+    ("copy recall (original strategy, configured embedding)", "copy_recall", "min", 0.9),
+    ("false copies (original strategy, ordinary controls)", "false_copy_rate", "max", 0.05),
+)
+
+
+def validity_numbers(summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The demo's self-check: each bar of :data:`VALIDITY_BARS` with the run's value and
+    whether it holds (None outside the demo, where there is no planted truth).
+
+    A value the run could not measure (no causal key, no copy detection) is None and fails
+    its bar: a check that did not run is not a pass.
+    """
+    detection = summary.get("detection")
+    if detection is None:
+        return None
+    configured = (detection.get("windows") or {}).get("configured") or {}
+    methods = (summary.get("attribution") or {}).get("methods") or {}
+    keys = methods.get("keys") or {}
+    best = (methods.get("per_method") or {}).get(methods.get("best")) or {}
+    copies = summary.get("copy_detection") or {}
+    configured_copies = next(
+        (
+            row
+            for row in copies.get("embeddings", [])
+            if row.get("embedding") == copies.get("embedding")
+        ),
+        {},
+    )
+    keyed = keys.get("keyed_checked") or 0
+    values = {
+        "detection_auc": _number(configured.get("auc")),
+        "detection_tpr": _number(configured.get("tpr_at_1pct_fpr")),
+        "keys_causal_share": keys.get("keyed_causal", 0) / keyed if keyed else None,
+        "key_top1": _number(best.get("key_top1")),
+        "copy_recall": _number(configured_copies.get("copy_recall")),
+        "false_copy_rate": _number(configured_copies.get("false_copy_rate")),
+    }
+    checks = []
+    for label, name, direction, bar in VALIDITY_BARS:
+        value = values[name]
+        holds = value is not None and (value >= bar if direction == "min" else value <= bar)
+        checks.append(
+            {"check": label, "name": name, "value": value, "bar": bar, "direction": direction}
+            | {"holds": holds}
+        )
+    return {
+        "checks": checks,
+        "all_hold": all(c["holds"] for c in checks),
+        "key_top1_method": methods.get("best"),
+        "key_top1_ci95": _interval(best.get("key_top1_ci95")),
+        "copy_recall_ci95": _interval(configured_copies.get("copy_recall_ci95")),
+    }
+
+
+def brief_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The answer in a few lines (what ``make demo`` prints and the report opens with):
+    prompts scored and flagged, marker enrichment, the top attributed word types, whether a
+    mitigation raised diversity, the copy fractions, the demo's self-check, where the report
+    is. Numbers and shareable word types only, like the rest of the page."""
+    prompts, enrichment = summary["prompts"], summary["enrichment"]
+    lines = [
+        f"- Scored {fmt(prompts['scored'], ',')} unique prompts; flagged "
+        f"{fmt(prompts['flagged'], ',')} as memorized ({pct(prompts['flagged_share'])}).",
+        f"- Marker enrichment among flagged prompts: odds ratio {fmt(enrichment['odds_ratio'])} "
+        f"(95 % CI {ci(enrichment['odds_ratio_ci95'])}): "
+        f"{_enrichment_words(enrichment['verdict'])}.",
+    ]
+    attribution = summary.get("attribution")
+    if attribution is not None:
+        types = [
+            _cell(row["word_type"]) + f" {pct(row['frac_top1'])}" for row in attribution["types"]
+        ][:3]
+        lines.append(
+            f"- Top attributed word types ({attribution['method']}, share ranked first): "
+            + (", ".join(types) if types else "none to show")
+            + "."
+        )
+    mitigation = summary.get("mitigation")
+    if mitigation is not None and mitigation["strategies"]:
+        raised = mitigation["raised_diversity"]
+        original = next((s for s in mitigation["strategies"] if s["strategy"] == "original"), {})
+        lines.append(
+            "- Mitigations that raised diversity: "
+            + (", ".join(f"`{s}`" for s in raised) if raised else "none")
+            + f"; the original prompts' generations are copies in "
+            f"{pct(original.get('copy_rate'))}."
+        )
+    synthetic = summary.get("synthetic")
+    if synthetic is not None:
+        lines.append(
+            f"- Copy fraction of a {fmt(synthetic['n_images'], ',')}-image synthetic set: "
+            f"{pct(synthetic['copy_fraction'])} "
+            f"({ci(synthetic['copy_fraction_ci95'], as_pct=True)})."
+        )
+    validity = summary.get("validity")
+    if validity is not None:
+        failed = [c["check"] for c in validity["checks"] if not c["holds"]]
+        shown = ", ".join(
+            f"{c['name']} {fmt(c['value'], '.3g')} ({'≥' if c['direction'] == 'min' else '≤'}"
+            f" {fmt(c['bar'], 'g')})"
+            for c in validity["checks"]
+        )
+        lines.append(
+            "- Demo self-check against the planted truth: "
+            + ("**every bar holds**" if not failed else f"**FAILED: {'; '.join(failed)}**")
+            + f" — {shown}."
+        )
+    lines.append(f"- Full report: `{summary['where']['html_report']}`.")
+    return lines
+
+
+def brief_text(summary: Mapping[str, Any]) -> str:
+    """``brief.md``: the heading and :func:`brief_lines`, printed at the end of ``make demo``."""
+    return "\n".join(["# The audit in brief", "", *brief_lines(summary)]) + "\n"
+
+
 def summary_markdown(summary: Mapping[str, Any]) -> str:
-    """``summary.md`` from :func:`audit_summary`'s document: numbers and word types only."""
+    """``summary.md`` from :func:`audit_summary`'s document: numbers and word types only; it
+    opens with :func:`brief_lines`, so the report's first screen gives the answer."""
     where = summary["where"]
     lines = [
         "# Audit summary",
+        "",
+        "## In brief",
+        "",
+        *brief_lines(summary),
+        "",
+        "## Prompts and the marker (findings 1 and 2)",
         "",
         *_prompt_lines(summary["prompts"], summary["enrichment"]),
         *_attribution_lines(summary["attribution"]),

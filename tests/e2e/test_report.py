@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html as html_lib
 import json
 import re
 import shutil
@@ -103,11 +104,22 @@ def test_report_opens_with_the_audit_summary(quick_run: QuickRun, report: str):
     assert "Audit summary" in first
     assert f"{stats['n_prompts']:,} unique prompts" in first
     assert f"{configured['auc']:.4f}" in first
+    # the brief make demo prints is the first screen's opening, self-check included
+    brief = (run / "results/report/brief.md").read_text()
+    checks = summary["validity"]["checks"]
+    assert {c["name"] for c in checks} >= {"detection_auc", "key_top1", "copy_recall"}
+    assert next(c for c in checks if c["name"] == "detection_auc")["value"] == configured["auc"]
+    verdict = "every bar holds" if summary["validity"]["all_hold"] else "FAILED"
+    shown = html_lib.unescape(first)  # the page is included literally, HTML-escaped
+    for line in brief.splitlines():
+        if line.startswith("- "):
+            assert line in shown, line
+    assert verdict in brief and "results/report.html" in brief
 
 
 def test_audit_summary_holds_no_report_text(quick_run: QuickRun):
     run = quick_run.workdir
     texts = pd.read_parquet(run / "results/prompts/prompts.parquet")["text"]
-    for name in ("summary.md", "summary.json"):
+    for name in ("summary.md", "summary.json", "brief.md"):
         lines = (run / "results/report" / name).read_text().splitlines()
         assert not find_text_leaks(lines, texts, min_words=3), name

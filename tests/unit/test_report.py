@@ -298,3 +298,80 @@ def test_formatting_helpers() -> None:
     assert interval_verdict(0.5, 2.0, 1.0, "up", "down", "unclear") == "unclear"
     assert interval_verdict(None, 0.1, 0.0, "up", "down") == "n/a"
     assert interval_verdict(float("nan"), 0.1, 0.0, "up", "down") == "n/a"
+
+
+def _methods(top1: float, keyed_causal: int = 12) -> dict:
+    """attribution summary's ``methods`` block: the best method ranks the key first in top1."""
+    return {
+        "keys": {"keyed_checked": 12, "keyed_causal": keyed_causal, "scored": keyed_causal},
+        "best": "gradient",
+        "primary": "gradient",
+        "per_method": {
+            "gradient": {"key_top1": top1, "key_top1_ci95": [top1 - 0.1, 1.0]},
+            "occlusion_delete": {"key_top1": 1.0, "key_top1_ci95": [1.0, 1.0]},
+        },
+    }
+
+
+def _copies(recall: float, false_copies: float) -> dict:
+    """copy_detection's summary.json: the configured embedding and a baseline."""
+    block = {
+        "threshold": 0.9,
+        "roc_auc": 0.99,
+        "mitigation": {
+            "copy_recall": {"rate": recall, "ci": [recall - 0.05, 1.0]},
+            "false_copy_rate": {"rate": false_copies, "ci": [0.0, false_copies + 0.02]},
+        },
+    }
+    baseline = {**block, "mitigation": {"copy_recall": {"rate": 0.1}, "false_copy_rate": {}}}
+    return {"embedding": "learned", "embeddings": {"learned": block, "pixels": baseline}}
+
+
+def test_validity_holds_only_when_every_bar_holds() -> None:
+    attribution = {**_attribution(), "methods": _methods(0.95)}
+    good = _summary(attribution=attribution, copy_detection=_copies(0.95, 0.01))
+    checks = {c["name"]: c for c in good["validity"]["checks"]}
+    assert good["validity"]["all_hold"]
+    assert checks["detection_auc"]["value"] == pytest.approx(0.99851)
+    assert checks["key_top1"]["value"] == 0.95 and checks["keys_causal_share"]["value"] == 1.0
+    assert checks["copy_recall"]["value"] == 0.95  # the configured embedding, not the baseline
+    assert good["validity"]["key_top1_method"] == "gradient"
+    # each bar fails on its own side of the threshold
+    for attribution_top1, causal, recall, false_copies, failing in (
+        (0.85, 12, 0.95, 0.01, "key_top1"),
+        (0.95, 10, 0.95, 0.01, "keys_causal_share"),
+        (0.95, 12, 0.80, 0.01, "copy_recall"),
+        (0.95, 12, 0.95, 0.06, "false_copy_rate"),
+    ):
+        attribution = {**_attribution(), "methods": _methods(attribution_top1, causal)}
+        summary = _summary(attribution=attribution, copy_detection=_copies(recall, false_copies))
+        failed = [c["name"] for c in summary["validity"]["checks"] if not c["holds"]]
+        assert failed == [failing] and not summary["validity"]["all_hold"]
+        assert "FAILED" in summary_markdown(summary)
+
+
+def test_validity_missing_numbers_fail_and_real_runs_have_none() -> None:
+    # no attribution methods and no copy detection: those checks did not run, so they fail
+    summary = _summary()
+    failed = {c["name"] for c in summary["validity"]["checks"] if not c["holds"]}
+    assert failed == {"keys_causal_share", "key_top1", "copy_recall", "false_copy_rate"}
+    assert _summary(detection=None)["validity"] is None  # outside the demo: no truth, no check
+
+
+def test_brief_opens_the_page_and_says_the_answer() -> None:
+    from memaudit.report import brief_text
+
+    attribution = {**_attribution(), "methods": _methods(1.0)}
+    summary = _summary(attribution=attribution, copy_detection=_copies(0.95, 0.01))
+    brief = brief_text(summary)
+    lines = [line for line in brief.splitlines() if line.startswith("- ")]
+    assert len(lines) <= 8  # short: one line per answer
+    assert "Scored 1,000 unique prompts; flagged 10" in brief
+    assert "odds ratio" in brief and "Top attributed word types" in brief
+    assert "Mitigations that raised diversity: `rwa`" in brief
+    assert "every bar holds" in brief and "results/report.html" in brief
+    assert "zebrowski" not in brief  # a rare word never reaches the brief
+    page = summary_markdown(summary)
+    assert page.index("## In brief") < page.index("## Prompts and the marker")
+    for line in lines:
+        assert line in page

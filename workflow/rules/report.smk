@@ -16,6 +16,8 @@ rule summarize_audit:
         synthetic=get_synthetic_summary(),
     output:
         json="results/report/summary.json",
+        # the answer in a few lines: what `make demo` prints last
+        brief="results/report/brief.md",
         md=report(
             "results/report/summary.md",
             caption="../report/audit_summary.rst",

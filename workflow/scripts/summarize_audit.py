@@ -12,7 +12,7 @@ start_job(snakemake)  # output to the log; a failure ends with one clear line
 import pandas as pd
 
 from memaudit.atomic import atomic_write, json_text
-from memaudit.report import audit_summary, summary_markdown
+from memaudit.report import audit_summary, brief_text, summary_markdown
 
 inputs = snakemake.input
 
@@ -38,4 +38,5 @@ summary = audit_summary(
 page = summary_markdown(summary)
 atomic_write(snakemake.output.json, lambda handle: handle.write(json_text(summary).encode()))
 atomic_write(snakemake.output.md, lambda handle: handle.write(page.encode()))
+atomic_write(snakemake.output.brief, lambda handle: handle.write(brief_text(summary).encode()))
 print(page)
