@@ -89,12 +89,24 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def demo_size_model(prompts: list[str], device: torch.device) -> AuditModel:
-    """The demo architecture (the schema's train defaults) with random weights."""
+def demo_spec():
+    """The default demo's architecture: ``config.yaml``'s train block and image size over the
+    schema's defaults (the model `make demo` trains)."""
+    import yaml
+
     from memaudit.model.spec import TrainSpec
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    train = dict(config.get("train") or {})
+    train["image_size"] = (config.get("demo") or {}).get("image_size", TrainSpec().image_size)
+    return TrainSpec.from_dict(train)
+
+
+def demo_size_model(prompts: list[str], device: torch.device) -> AuditModel:
+    """The default demo's architecture (:func:`demo_spec`) with random weights."""
     from memaudit.model.training import build_demo_model
 
-    return build_demo_model(prompts, TrainSpec(), device=device)
+    return build_demo_model(prompts, demo_spec(), device=device)
 
 
 def radedit_size_model(prompts: list[str], device: torch.device) -> AuditModel:
@@ -432,7 +444,12 @@ def build_models(
         label = f"demo model {args.model_dir}"
     else:
         model = demo_size_model(texts, device)
-        label = "demo-size random model (1x32x32 pixels, UNet 16/32/64, BERT-64x2)"
+        spec = demo_spec()
+        label = (
+            f"demo-size random model (1x{spec.image_size}x{spec.image_size} pixels, UNet "
+            f"{'/'.join(map(str, spec.unet_block_out_channels))}, "
+            f"BERT-{spec.text_hidden_size}x{spec.text_layers})"
+        )
     vae_size = args.loop_vae
     if vae_size == "auto":
         vae_size = "model" if model.vae is not None else ("full" if args.radedit_size else "tiny")

@@ -6,7 +6,7 @@ block). Swapping the attention processor would change how the UNet computes its 
 every other detector's numbers); instead a forward pre-hook on each cross-attention module
 recomputes the probabilities from the module's own inputs and projections, leaving the UNet's
 computation untouched. A hook only works while a :class:`AttentionCapture` is active and only
-at the UNet calls it was asked for.
+at the UNet calls it was asked for; after the last of them the capture removes its hooks.
 """
 
 from __future__ import annotations
@@ -112,6 +112,9 @@ class AttentionCapture:
 
     def _count_call(self, module: torch.nn.Module, args: tuple) -> None:
         self.call += 1
+        last = max((max(calls, default=-1) for calls, _ in self.requests.values()), default=-1)
+        if self.call > last:  # every requested call is read: later calls run hook-free (and
+            self.__exit__()  # so through the frozen UNet, memaudit.diffusion.frozen_unet)
 
     def _read_layer(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         wanted = [n for n, (calls, _) in self.requests.items() if self.call in calls]

@@ -464,3 +464,41 @@ def test_auto_batch_size_on_cpu_is_an_element_budget(tiny_model: AuditModel) -> 
     assert auto_batch_size(tiny_model, 4, cap=10_000, share=0.8) == 2**18 // (4 * 256)
     assert auto_batch_size(tiny_model, 4, cap=10, share=0.8) == 10
     assert auto_batch_size(tiny_model, 2**20, cap=10, share=0.8) == 1  # never below one
+
+
+def test_frozen_unet_gives_the_eager_numbers_bit_for_bit_and_steps_aside() -> None:
+    """unet_eps's frozen TorchScript path: identical predictions at every batch size it was
+    not traced at, a new trace after an in-place weight update, and the eager module wherever
+    a trace would be wrong (gradients, hooks, training mode)."""
+    from memaudit.diffusion import frozen_unet, unet_eps
+    from tests.tiny_components import tiny_audit_model
+
+    model = tiny_audit_model("demo")
+    unet = model.unet.eval()
+    context = model.encode(["no acute process", "small effusion", ""])
+    t = torch.tensor(999)
+    x = torch.randn(3, *model.latent_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eager = unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
+        assert frozen_unet(unet, x, t, context) is not None
+        assert torch.equal(unet_eps(model, x, t, context), eager)
+        # another batch size and timestep through the same trace
+        eager_two = unet(x[:2], torch.tensor(500), encoder_hidden_states=context[:2]).sample
+        assert torch.equal(unet_eps(model, x[:2], torch.tensor(500), context[:2]), eager_two)
+        # an in-place weight update is seen (no stale constants)
+        first = next(unet.parameters())
+        first.mul_(1.5)
+        updated = unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
+        assert not torch.equal(updated, eager)
+        assert torch.equal(unet_eps(model, x, t, context), updated)
+        # hooks must see the call: the eager module runs
+        handle = unet.register_forward_pre_hook(lambda module, args: None)
+        assert frozen_unet(unet, x, t, context) is None
+        handle.remove()
+        assert frozen_unet(unet, x, t, context) is not None
+    # gradients (attribution) and training mode go through the eager module
+    assert frozen_unet(unet, x, t, context) is None
+    unet.train()
+    with torch.no_grad():
+        assert frozen_unet(unet, x, t, context) is None
+    unet.eval()

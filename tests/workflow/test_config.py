@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from snakemake.utils import update_config
 
 from memaudit.config import ConfigError, check_paths, load_schema, validate_config
 from tests.conftest import QUICK, REPO, snakemake
@@ -120,7 +121,8 @@ def write_config(tmp_path: Path, mutate) -> Path:
         # only inside a job (most of them a GPU job).
         (
             lambda c: c["scoring"].update(window=[0, 60]),
-            "scoring.window [0, 60] must satisfy 0 <= start < stop <= scoring.steps (50)",
+            "scoring.window [0, 60] must satisfy 0 <= start < stop <= scoring.steps "
+            f"({DEMO['scoring']['steps']})",
         ),
         (
             lambda c: c["attribution"].update(window=[3, 1]),
@@ -128,7 +130,8 @@ def write_config(tmp_path: Path, mutate) -> Path:
         ),
         (
             lambda c: c["attribution"].update(window=[0, 60]),
-            "attribution.window [0, 60] reaches beyond the sampling steps (scoring.steps is 50)",
+            "attribution.window [0, 60] reaches beyond the sampling steps (scoring.steps is "
+            f"{DEMO['scoring']['steps']})",
         ),
         (
             lambda c: c["threshold"].update(method="value"),
@@ -140,7 +143,10 @@ def write_config(tmp_path: Path, mutate) -> Path:
         ),
         (lambda c: c["demo"].update(n_planted=50), "exceeds n_studies = 2000 (demo.n_studies)"),
         (
-            lambda c: c["demo"].update(image_size=18),
+            lambda c: (
+                c["demo"].update(image_size=18),
+                c["train"].update(unet_block_out_channels=[16, 32, 64]),
+            ),
             "image_size 18 (demo.image_size) must be divisible by 2**2",
         ),
     ],
@@ -281,16 +287,35 @@ def test_rules_get_the_same_params_from_the_specs_key_lists(workdir: Path, overl
     assert "MITIGATION_NOT_GENERATION" not in common  # the Specs' lists, not a copy of them
 
 
-# Values config.yaml sets on purpose apart from the schema default: the demo's CPU budget.
+# Values config.yaml sets on purpose apart from the schema default: the demo's CPU budget
+# (`make demo` in about 10 minutes on 2 cores; README). The real-run presets pin the paper's
+# settings back (test_presets_pin_the_papers_settings).
 DEMO_OVERRIDES = {
+    # a 16x16 organism: a UNet row costs a fifth of the 32x32 one's FLOPs
+    "demo.image_size": 16,
+    "train.unet_block_out_channels": [16, 32],
+    "scoring.steps": 20,  # 20 DDIM steps instead of the paper's 50
+    "scoring.chunks": 1,  # one scoring job on a CPU (a GPU cluster scatters more)
+    "attribution.ig_steps": 8,
+    "attribution.chunks": 1,
+    "key_check.generations": 2,
+    "key_check.steps": 20,
     "mitigation.sample_size": 6,  # a seeded sample of 6 prompts instead of every selected one
-    "mitigation.steps": 25,  # half the paper's 50 DDIM steps, which halves the CPU demo
+    "mitigation.n_seeds": 16,  # 16 generations per prompt and strategy instead of 50
+    "mitigation.steps": 20,
     # The pixel-space demo model's generations are noisy above guidance ~3 (docs/method.md).
     "mitigation.guidance": 3,
+    "mitigation.embopt_generations": 2,
+    "mitigation.chunks": 1,
+    "synthetic.n_images": 200,
+    "synthetic.steps": 20,
     "synthetic.guidance": 3,
-    # A copy detector sized for the 32-pixel phantoms and the CPU.
-    "copy_detection.learned.input_size": 32,
-    "copy_detection.learned.channels": [16, 32, 64],
+    # p99: a p95 threshold flags 5 % of novel images by construction (the false-copy bar)
+    "copy_detection.percentile": 99,
+    # A copy detector sized for the 16-pixel phantoms and the CPU.
+    "copy_detection.side": 16,
+    "copy_detection.learned.input_size": 16,
+    "copy_detection.learned.channels": [16, 32],
     "copy_detection.learned.steps": 400,
     "copy_detection.learned.batch_size": 128,
 }
@@ -309,3 +334,18 @@ def test_config_yaml_repeats_the_schema_defaults_except_the_demo_overrides():
     defaults = dict(_leaves(validate_config({}, SCHEMA)))
     differ = {key: value for key, value in _leaves(DEMO) if defaults.get(key, "<none>") != value}
     assert differ == DEMO_OVERRIDES
+
+
+@pytest.mark.parametrize("preset", ["radedit_mimic.yaml", "iu_xray_csv.yaml"])
+def test_presets_pin_the_papers_settings(preset: str):
+    """A real run overlays a preset on config.yaml: every sampling setting the CPU demo lowers
+    is set back to the paper's (Dutt 2025: 50 DDIM steps, 4 scoring generations, 50 mitigation
+    seeds, guidance 7.5; a held-out p95 copy threshold)."""
+    merged = copy.deepcopy(DEMO)
+    update_config(merged, yaml.safe_load((REPO / "config" / preset).read_text()))
+    assert merged["scoring"]["steps"] == 50 and merged["scoring"]["generations"] == 4
+    assert merged["scoring"]["guidance"] == 7.5
+    assert merged["mitigation"]["n_seeds"] == 50 and merged["mitigation"]["steps"] == 50
+    assert merged["mitigation"]["guidance"] == 7.5 and merged["synthetic"]["steps"] == 50
+    assert merged["copy_detection"]["percentile"] == 95
+    assert merged["attribution"]["ig_steps"] == 16
