@@ -47,6 +47,7 @@ from transformers import BertConfig, BertModel, BertTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from memaudit import diffusion
 from memaudit.diffusion import initial_noise
 from memaudit.model.loading import AuditModel, load_model, radedit_scheduler
 from memaudit.scoring.engine import score_prompts
@@ -338,7 +339,7 @@ def layer_profile(model: AuditModel, batch_rows: int, repeats: int = 5) -> list[
     for module in timed:
         name = names[module]
         place = "down" if "down_blocks" in name else "up" if "up_blocks" in name else "mid"
-        place = place if "blocks" in name else "stem"
+        place = place if "blocks" in name else "in/out"
         key = f"{type(module).__name__} ({place})"
         flops = sum(per_module.get(f"UNet2DConditionModel.{name}", {}).values())
         group = groups.setdefault(key, {"layer": key, "calls": 0, "flops": 0.0, "seconds": 0.0})
@@ -542,6 +543,14 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         results[name] = score_prompts(engine_model, ids, texts, spec, progress=sys.stderr)
+    eager = {}
+    if device.type == "cpu":  # the same engine with the frozen UNet switched off
+        diffusion.FREEZE = False
+        try:
+            for name, spec in (("full", full), ("first", dataclasses.replace(full, window=(0, 1)))):
+                eager[name] = score_prompts(engine_model, ids, texts, spec, progress=sys.stderr)
+        finally:
+            diffusion.FREEZE = True
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     loop_norms, loop_s = run_loop(model, vae, texts[:loop_n], full)
@@ -556,6 +565,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"peak CPU RSS (whole process): {peak_rss_mb():.0f} MB")
     peak = print_efficiency(engine_model, results)
+    for name, (table, stats) in eager.items():
+        frozen_table, frozen_stats = results[name]
+        same = np.array_equal(table["d_mem"].to_numpy(), frozen_table["d_mem"].to_numpy())
+        ratio = stats["seconds"] / frozen_stats["seconds"]
+        rate = frozen_stats["unet_rows"] / frozen_stats["seconds"]
+        print(
+            f"frozen UNet vs eager, {name:<5}: {rate:.1f}"
+            f" vs {stats['unet_rows'] / stats['seconds']:.1f} UNet rows/s, {ratio:.2f}x; "
+            f"scores identical: {same}"
+        )
     if args.profile:
         print_layer_profile(
             engine_model, 2 * generations * results["full"][1]["batch_size_final"], peak

@@ -54,7 +54,8 @@ def unet_eps(
     A gradient-free float32 call on the CPU, on a UNet without hooks, runs a frozen TorchScript
     trace of the UNet (:func:`frozen_unet`): the same kernels on the same inputs, so the same
     numbers bit for bit, without the Python and dispatcher work between the many small layers
-    of a small UNet (1.3-1.4x the demo model's rows/s on 2 cores; README, Benchmarks).
+    of a small UNet (the demo model on 2 cores: 1.04x in the scoring engine's 256-row calls,
+    more on smaller calls; README, Benchmarks).
     """
     sample = sample.to(model.dtype)
     frozen = frozen_unet(model.unet, sample, timestep, embeddings)
@@ -79,6 +80,8 @@ class _Forward(torch.nn.Module):
 # a trace bakes in: the shapes past the batch and the timestep's rank; the parameters' versions
 # are kept beside them, so an in-place weight update makes new traces, never a stale result.
 _FROZEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Off: every call runs the eager module (benchmarks compare the two; results are the same).
+FREEZE = True
 
 
 def _has_hooks(unet: torch.nn.Module) -> bool:
@@ -99,7 +102,8 @@ def frozen_unet(
     only tensor operations, whose results do not depend on the batch size it was traced at.
     """
     if (
-        torch.is_grad_enabled()
+        not FREEZE
+        or torch.is_grad_enabled()
         or sample.device.type != "cpu"
         or sample.dtype != torch.float32
         or context.dtype != torch.float32
