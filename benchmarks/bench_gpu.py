@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -41,6 +40,7 @@ from bench_scoring import (  # noqa: E402
     flops_per_row,
     loop_vae,
     make_prompts,
+    matmul_gflops,
     radedit_size_model,
     run_loop,
     with_dtype,
@@ -51,25 +51,6 @@ from memaudit.scoring.spec import ScoringSpec  # noqa: E402
 from memaudit.text import prompt_id  # noqa: E402
 
 PROMPTS_PROJECTED = 100_000
-
-
-def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 8192, repeats: int = 20):
-    """Best of three rounds of ``repeats`` n x n matrix products, TFLOP/s."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best = 0.0
-    for _ in range(3):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12)
-    return best
 
 
 def engine_run(model, ids, texts, spec) -> dict:
@@ -116,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, dtype in dtypes.items():
         engine_model = with_dtype(model, dtype)
         flops = flops_per_row(engine_model)
-        peak = matmul_tflops(device, dtype, n=8192 if device.type == "cuda" else 1024)
+        n = 8192 if device.type == "cuda" else 1024
+        peak = matmul_gflops(device, n=n, repeats=20, dtype=dtype) / 1000  # TFLOP/s
         runs = {
             mode: engine_run(engine_model, ids, texts, spec)
             for mode, spec in (("full", full), ("first", first))

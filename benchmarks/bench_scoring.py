@@ -253,12 +253,14 @@ def flops_per_row(model: AuditModel) -> float:
     return float(counter.get_total_flops())
 
 
-def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
-    """The machine's float32 matrix-multiply rate in GFLOP/s (n x n by n x n, best of three
-    rounds of ``repeats``), with the thread count this process uses: the peak the engine is
-    held against."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def matmul_gflops(
+    device: torch.device, n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32
+) -> float:
+    """The machine's matrix-multiply rate in GFLOP/s (n x n by n x n in ``dtype``, best of
+    three rounds of ``repeats``), with the thread count this process uses: the peak the engine
+    is held against."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
     best = 0.0
