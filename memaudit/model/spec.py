@@ -17,9 +17,10 @@ class TrainSpec:
     """Architecture and optimisation settings of the demo model (all plain values).
 
     The schema's defaults (32x32, three UNet levels) train in about 8 minutes on 2 CPU cores;
-    the default demo (config.yaml: 16x16, two levels) in about 4. Both memorize captions
-    planted 30-50 times among 2,000 pairs. Fields without a config key (weight decay, warm-up,
-    clipping, heads and widths, UNet block layout) are fixed architecture choices of the demo;
+    the default demo (config.yaml: 16x16, two levels, 2,500 steps) in about 6. Both memorize
+    captions planted 30-50 times among 2,000 pairs. Fields without a config key (weight decay,
+    warm-up, clipping, heads and widths, UNet block layout) are fixed architecture choices of
+    the demo;
     ``image_size`` is the demo corpus's (``demo.image_size``).
     """
 

@@ -12,7 +12,7 @@ Text is encoded exactly as :meth:`memaudit.model.loading.AuditModel.encode` does
 time (padding to ``max_length``, no attention mask), because training goes through the same
 object. The result is written in a diffusers-like folder (safetensors only) that
 :func:`memaudit.model.loading.load_model` reads with ``kind: demo``. With the default demo's
-settings (config.yaml) training takes about 4 minutes on 2 CPU cores (the quick demo's about 1).
+settings (config.yaml) training takes about 6 minutes on 2 CPU cores (the quick demo's about 1).
 """
 
 from __future__ import annotations
