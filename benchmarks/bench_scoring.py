@@ -297,10 +297,11 @@ def print_efficiency(model: AuditModel, results: dict) -> float:
     return peak
 
 
-def layer_profile(model: AuditModel, batch_rows: int, repeats: int = 5) -> list[dict]:
+def layer_profile(model: AuditModel, batch_rows: int, repeats: int = 5) -> tuple[list[dict], float]:
     """Where one UNet call's time goes, per leaf module: FLOPs (counted), seconds (wall clock
     between forward pre- and post-hooks, averaged over ``repeats`` calls of ``batch_rows``
-    rows) and the GFLOP/s each layer achieves. Grouped by module class and place."""
+    rows) and the GFLOP/s each layer achieves. Grouped by module class and place; returns the
+    groups, slowest first, and the seconds of one whole call."""
     unet = model.unet
     sample = torch.randn((batch_rows, *model.latent_shape), device=model.device)
     emb = model.encode([""]).expand(batch_rows, -1, -1)
@@ -309,7 +310,8 @@ def layer_profile(model: AuditModel, batch_rows: int, repeats: int = 5) -> list[
     leaves = [m for m in unet.modules() if not list(m.children())]
     # attention blocks are timed whole (their kernels run outside any leaf module)
     attention = [m for m in unet.modules() if type(m).__name__ == "Attention"]
-    timed = [m for m in leaves if not any(m in set(a.modules()) for a in attention)] + attention
+    inside = {m for a in attention for m in a.modules()}
+    timed = [m for m in leaves if m not in inside] + attention
     seconds = dict.fromkeys(timed, 0.0)
     starts: dict = {}
 
@@ -540,8 +542,9 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=batch,
         seed=args.seed,
     )
+    modes = (("full", full), ("first", dataclasses.replace(full, window=(0, 1))))
     results = {}
-    for name, spec in (("full", full), ("first", dataclasses.replace(full, window=(0, 1)))):
+    for name, spec in modes:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         results[name] = score_prompts(engine_model, ids, texts, spec, progress=sys.stderr)
@@ -549,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":  # the same engine with the frozen UNet switched off
         diffusion.FREEZE = False
         try:
-            for name, spec in (("full", full), ("first", dataclasses.replace(full, window=(0, 1)))):
+            for name, spec in modes:
                 eager[name] = score_prompts(engine_model, ids, texts, spec, progress=sys.stderr)
         finally:
             diffusion.FREEZE = True

@@ -76,9 +76,10 @@ class _Forward(torch.nn.Module):
         return self.unet(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
 
 
-# Frozen traces per UNet (weakly held: a dropped model takes its traces with it), keyed by what
-# a trace bakes in: the shapes past the batch and the timestep's rank; the parameters' versions
-# are kept beside them, so an in-place weight update makes new traces, never a stale result.
+# Per UNet (weakly held: a dropped model takes its traces with it): the parameters' versions
+# the traces were made at, and the traces keyed by what a trace bakes in (the shapes past the
+# batch and the timestep's rank); an in-place weight update makes new traces, never a stale
+# result.
 _FROZEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: Off: every call runs the eager module (benchmarks compare the two; results are the same).
 FREEZE = True
@@ -115,10 +116,10 @@ def frozen_unet(
         return None
     versions = tuple(p._version for p in unet.parameters())
     key = (tuple(sample.shape[1:]), tuple(context.shape[1:]), timestep.dim())
-    traces = _FROZEN.setdefault(unet, {})
-    if traces.get("versions") != versions:  # weights updated in place: retire every trace
-        traces.clear()
-        traces["versions"] = versions
+    known, traces = _FROZEN.get(unet, (None, {}))
+    if known != versions:  # weights updated in place (or first call): retire every trace
+        traces = {}
+        _FROZEN[unet] = (versions, traces)
     if key not in traces:
         # The trace bakes in a few Python checks on shapes (diffusers makes a tensor
         # contiguous above some batch or size): they change memory layout, not values.

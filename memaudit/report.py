@@ -651,8 +651,14 @@ def validity_numbers(summary: Mapping[str, Any]) -> dict[str, Any] | None:
         value = values[name]
         holds = value is not None and (value >= bar if direction == "min" else value <= bar)
         checks.append(
-            {"check": label, "name": name, "value": value, "bar": bar, "direction": direction}
-            | {"holds": holds}
+            {
+                "check": label,
+                "name": name,
+                "value": value,
+                "bar": bar,
+                "direction": direction,
+                "holds": holds,
+            }
         )
     return {
         "checks": checks,

@@ -20,8 +20,7 @@ class TrainSpec:
     the default demo (config.yaml: 16x16, two levels, 2,500 steps) in about 6. Both memorize
     captions planted 30-50 times among 2,000 pairs. Fields without a config key (weight decay,
     warm-up, clipping, heads and widths, UNet block layout) are fixed architecture choices of
-    the demo;
-    ``image_size`` is the demo corpus's (``demo.image_size``).
+    the demo; ``image_size`` is the demo corpus's (``demo.image_size``).
     """
 
     seed: int = _DEFAULTS["seed"]

@@ -3,10 +3,9 @@
 The demo stands in for RadEdit so the whole audit runs on a laptop. A word-level tokenizer
 (``___`` is one token), a small bidirectional BERT text encoder and a small pixel-space
 ``UNet2DConditionModel`` (1 channel, 16x16 in the default demo, cross-attention at the 8x8
-level) are trained
-jointly with the epsilon (noise-prediction) loss. Captions repeated many times with one fixed
-image (the planted studies of the demo corpus) are memorized: their generations copy the
-training image and their first-step d_mem is large.
+level) are trained jointly with the epsilon (noise-prediction) loss. Captions repeated many
+times with one fixed image (the planted studies of the demo corpus) are memorized: their
+generations copy the training image and their first-step d_mem is large.
 
 Text is encoded exactly as :meth:`memaudit.model.loading.AuditModel.encode` does at audit
 time (padding to ``max_length``, no attention mask), because training goes through the same

@@ -91,6 +91,10 @@ class AttentionCapture:
         self.requests = requests
         self.rows = rows
         self.call = -1
+        # after this UNet call every request is read: the hooks come off
+        self._last_call = max(
+            (max(calls, default=-1) for calls, _ in requests.values()), default=-1
+        )
         self.results: dict[str, dict[int, list[tuple[str, torch.Tensor]]]] = {
             name: {} for name in requests
         }
@@ -112,9 +116,8 @@ class AttentionCapture:
 
     def _count_call(self, module: torch.nn.Module, args: tuple) -> None:
         self.call += 1
-        last = max((max(calls, default=-1) for calls, _ in self.requests.values()), default=-1)
-        if self.call > last:  # every requested call is read: later calls run hook-free (and
-            self.__exit__()  # so through the frozen UNet, memaudit.diffusion.frozen_unet)
+        if self.call > self._last_call:  # later calls run hook-free (and so through the
+            self.__exit__()  # frozen UNet, memaudit.diffusion.frozen_unet)
 
     def _read_layer(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         wanted = [n for n, (calls, _) in self.requests.items() if self.call in calls]
